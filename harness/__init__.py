@@ -1,0 +1,13 @@
+"""keras-parity: run Keras 3 models, layers and ops under TensorFlow, JAX and PyTorch, and compare.
+
+    import harness
+
+    @harness.parity_case(inputs=harness.spec((4, 16)))
+    def small_mlp():
+        import keras
+        return keras.Sequential([keras.Input((16,)), keras.layers.Dense(3)])
+"""
+
+from harness.case import Case, CaseDefinitionError, parity_case, spec
+
+__all__ = ["Case", "CaseDefinitionError", "parity_case", "spec"]

@@ -1,0 +1,93 @@
+"""Nested structures of arrays <-> `.npz` files: how arrays cross the process boundary.
+
+Arrays never travel pickled. A structure (array, tuple, list or dict, nested) is written as
+one `.npz` holding the leaves under keys "0", "1", ..., plus a small JSON description of the
+nesting stored beside them under the key "__structure__".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+_STRUCTURE_KEY = "__structure__"
+
+
+def flatten(value: Any) -> tuple[Any, list[np.ndarray]]:
+    """Split a nested structure into a JSON-able skeleton and its list of leaves."""
+    leaves: list[np.ndarray] = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            return {"dict": [[str(k), walk(x)] for k, x in v.items()]}
+        if isinstance(v, (list, tuple)):
+            return {"tuple" if isinstance(v, tuple) else "list": [walk(x) for x in v]}
+        if v is None:
+            return {"none": None}
+        leaves.append(np.asarray(v))
+        return {"leaf": len(leaves) - 1}
+
+    return walk(value), leaves
+
+
+def unflatten(skeleton: Any, leaves: list[Any]) -> Any:
+    kind, body = next(iter(skeleton.items()))
+    if kind == "leaf":
+        return leaves[body]
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: unflatten(x, leaves) for k, x in body}
+    items = [unflatten(x, leaves) for x in body]
+    return tuple(items) if kind == "tuple" else items
+
+
+def leaf_names(skeleton: Any, prefix: str = "") -> list[str]:
+    """Readable names for the leaves, in order: `output`, `output[0]`, `output['a']`..."""
+    kind, body = next(iter(skeleton.items()))
+    if kind == "leaf":
+        return [prefix or "output"]
+    if kind == "none":
+        return []
+    if kind == "dict":
+        return [n for k, x in body for n in leaf_names(x, f"{prefix or 'output'}[{k!r}]")]
+    return [n for i, x in enumerate(body) for n in leaf_names(x, f"{prefix or 'output'}[{i}]")]
+
+
+def portable(leaf: np.ndarray) -> np.ndarray:
+    """bfloat16 and other ml_dtypes types are not plain numpy: they travel as float32."""
+    return leaf.astype(np.float32) if leaf.dtype.kind == "V" else leaf
+
+
+def save_tree(path: str, value: Any) -> list[str]:
+    """Write a structure of arrays; returns the leaves' original dtype names."""
+    skeleton, leaves = flatten(value)
+    dtypes = [str(leaf.dtype) for leaf in leaves]
+    leaves = [portable(leaf) for leaf in leaves]
+    np.savez(path, **{str(i): leaf for i, leaf in enumerate(leaves)},
+             **{_STRUCTURE_KEY: np.frombuffer(json.dumps(skeleton).encode(), dtype=np.uint8)})
+    return dtypes
+
+
+def load_tree(path: str) -> Any:
+    skeleton, leaves = load_leaves(path)
+    return unflatten(skeleton, leaves)
+
+
+def load_leaves(path: str) -> tuple[Any, list[np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        skeleton = json.loads(data[_STRUCTURE_KEY].tobytes().decode())
+        leaves = [data[str(i)] for i in range(len(data.files) - 1)]
+    return skeleton, leaves
+
+
+def save_weights(path: str, weights: dict[str, np.ndarray]) -> None:
+    """Weights keyed by variable path (`sequential/dense/kernel`)."""
+    np.savez(path, **{k: portable(np.asarray(v)) for k, v in weights.items()})
+
+
+def load_weights(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

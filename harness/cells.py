@@ -1,0 +1,148 @@
+"""Cells (`backend-device-jit|nojit`), the options that select them, and what this machine can run.
+
+Nothing here imports a backend: availability is read from installed package metadata and the
+NVIDIA driver, and a worker confirms at start-up whether its backend really sees a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib.util
+import os
+import shutil
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DEVICES = ("cpu", "gpu")
+JIT_MODES = ("jit", "nojit")
+DEFAULT_REFERENCE = "tensorflow-cpu-nojit"
+
+
+class UsageError(ValueError):
+    """A bad option value: the run stops at once with this message."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+    backend: str
+    device: str
+    jit: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.device}-{'jit' if self.jit else 'nojit'}"
+
+    @property
+    def worker_key(self) -> tuple[str, str]:
+        """Cells that share a worker process: one per (backend, device)."""
+        return (self.backend, self.device)
+
+    @classmethod
+    def parse(cls, text: str) -> Cell:
+        parts = text.strip().split("-")
+        if len(parts) != 3 or parts[0] not in BACKENDS or parts[1] not in DEVICES or parts[2] not in JIT_MODES:
+            raise UsageError(
+                f"{text!r} is not a cell; write backend-device-jit, e.g. tensorflow-cpu-nojit "
+                f"(backends: {', '.join(BACKENDS)}; devices: cpu, gpu; jit or nojit)"
+            )
+        return cls(parts[0], parts[1], parts[2] == "jit")
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def validate_pattern(pattern: str, where: str) -> None:
+    """A cell pattern is a glob over cell ids; it must be able to match at least one cell."""
+    parts = pattern.split("-")
+    choices = (BACKENDS, DEVICES, JIT_MODES)
+    if len(parts) != 3 or not all(
+        any(fnmatch.fnmatchcase(c, p) for c in opts) for p, opts in zip(parts, choices)
+    ):
+        raise UsageError(
+            f"{where} {pattern!r} matches no cell; write backend-device-jit with * as a "
+            f"wildcard, e.g. 'torch-*-jit' or '*-gpu-*'"
+        )
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def installed_backends() -> list[str]:
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def machine_has_gpu() -> bool:
+    """Whether an NVIDIA GPU is present at all (a cheap check; workers confirm per backend)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) or (
+        shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CellPlan:
+    """The cells a run asks for, with the reason each one that cannot run here is skipped."""
+
+    cells: tuple[Cell, ...]
+    skipped: dict[Cell, str]
+    reference: Cell
+
+    def skip_reason(self, cell: Cell) -> str | None:
+        return self.skipped.get(cell)
+
+
+def plan_cells(backends: str, devices: str, jit: str, reference: str | None) -> CellPlan:
+    installed = installed_backends()
+    if backends.strip() == "all":
+        # All three are asked for: one that is not installed is skipped with that reason.
+        wanted_backends = list(BACKENDS)
+    else:
+        wanted_backends = _split(backends)
+        unknown = [b for b in wanted_backends if b not in BACKENDS]
+        if unknown or not wanted_backends:
+            raise UsageError(
+                f"--keras-backends: unknown backend(s) {', '.join(unknown) or '(none given)'}; "
+                f"use 'all' or a comma-separated subset of {', '.join(BACKENDS)}"
+            )
+
+    gpu_here = machine_has_gpu()
+    if devices.strip() == "auto":
+        wanted_devices = ["cpu", "gpu"] if gpu_here else ["cpu"]
+    else:
+        wanted_devices = _split(devices)
+        bad = [d for d in wanted_devices if d not in DEVICES]
+        if bad or not wanted_devices:
+            raise UsageError(
+                f"--keras-devices: unknown device(s) {', '.join(bad) or '(none given)'}; "
+                f"use auto, cpu, gpu or cpu,gpu"
+            )
+
+    jit_choices = {"both": [False, True], "on": [True], "off": [False]}
+    if jit.strip() not in jit_choices:
+        raise UsageError(f"--keras-jit: {jit!r} is not one of both, on, off")
+
+    cells = tuple(
+        Cell(b, d, j) for b in wanted_backends for d in wanted_devices for j in jit_choices[jit.strip()]
+    )
+    skipped = {}
+    for cell in cells:
+        if cell.backend not in installed:
+            skipped[cell] = f"backend {cell.backend} is not installed (pip install keras-parity[{cell.backend}])"
+        elif cell.device == "gpu" and not gpu_here:
+            skipped[cell] = "no GPU on this machine (no NVIDIA driver found)"
+
+    runnable = [c for c in cells if c not in skipped]
+    if reference:
+        ref = Cell.parse(reference)
+        if ref.backend not in installed or (ref.device == "gpu" and not gpu_here):
+            raise UsageError(
+                f"--keras-reference={ref.id} cannot run here "
+                f"({'backend not installed' if ref.backend not in installed else 'no GPU'}); "
+                f"choose a cell this machine can run, e.g. {runnable[0].id if runnable else 'jax-cpu-nojit'}"
+            )
+    else:
+        default = Cell.parse(DEFAULT_REFERENCE)
+        ref = default if default in runnable or not runnable else runnable[0]
+    return CellPlan(cells=cells, skipped=skipped, reference=ref)

@@ -1,0 +1,199 @@
+"""From an exception raised in a cell to a status and a hint that names the fix.
+
+The hints are the migration guide's (Keras 2 to Keras 3) fixes. Classification runs in the
+worker, where the exception object is; it needs only the exception's type names and message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import traceback
+
+from harness.statuses import COMPILE_ERROR, ERROR
+
+JIT_OFF_HINT = (
+    "compile it without jit on this backend: model.compile(..., jit_compile=False) "
+    "or model.jit_compile = False"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Matches an exception by the names in its type's MRO and/or a regex on its message."""
+
+    name: str
+    hint: str
+    types: tuple[str, ...] = ()
+    message: str | None = None
+    compile_failure: bool = False  # a failure of a jit compiler (XLA, tracing, inductor)
+
+    def matches(self, type_names: list[str], text: str) -> bool:
+        if self.types and not any(t in type_names for t in self.types):
+            return False
+        if self.message is not None and not re.search(self.message, text, re.S):
+            return False
+        return bool(self.types or self.message)
+
+
+RULES = (
+    Rule(
+        "xla_unsupported_ops",
+        "XLA cannot compile these ops (tf.strings.* and other host-only ops); "
+        + JIT_OFF_HINT + ", or replace the ops with keras.ops equivalents",
+        message=r"Detected unsupported operations when trying to compile graph|"
+        r"No registered '\w+' OpKernel for XLA_",
+        compile_failure=True,
+    ),
+    Rule(
+        "python_bool_on_tensor",
+        "Python control flow on a tensor inside call(): Keras 3 does not run autograph on "
+        "call(). Use keras.ops.cond / keras.ops.where (or decorate call() with @tf.function "
+        "on TensorFlow only)",
+        types=("OperatorNotAllowedInGraphError", "TracerBoolConversionError"),
+    ),
+    Rule(
+        "python_bool_on_tensor",
+        "Python control flow on a tensor inside call(): Keras 3 does not run autograph on "
+        "call(). Use keras.ops.cond / keras.ops.where",
+        message=r"as a Python `bool` is not allowed|Attempted boolean conversion of traced array|"
+        r"Data-dependent jumps|data-dependent control flow",
+    ),
+    Rule(
+        "jax_tracer_leak",
+        "a traced value was turned into a concrete Python/NumPy value inside a compiled "
+        "function; keep it a tensor and use keras.ops, or " + JIT_OFF_HINT,
+        types=("ConcretizationTypeError", "TracerArrayConversionError",
+               "TracerIntegerConversionError", "UnexpectedTracerError"),
+        compile_failure=True,
+    ),
+    Rule(
+        "torch_compile",
+        "torch.compile (dynamo/inductor) failed on this model; " + JIT_OFF_HINT
+        + ", or rewrite the op it names",
+        types=("BackendCompilerFailed", "InductorError", "TorchRuntimeError", "Unsupported",
+               "UserError", "InternalTorchDynamoError", "TorchDynamoException"),
+        compile_failure=True,
+    ),
+    Rule(
+        "keras_tensor_in_tf_op",
+        "a TensorFlow op was called on a KerasTensor while building a functional model: "
+        "use the keras.ops equivalent (tf.squeeze -> keras.ops.squeeze, tf.abs -> "
+        "keras.ops.absolute, tf.gather -> keras.ops.take, ...)",
+        message=r"A KerasTensor cannot be used as input to a TensorFlow function",
+    ),
+    Rule(
+        "savedmodel_via_save",
+        "model.save() no longer writes a TF SavedModel: use model.export(path) for a "
+        "SavedModel, or save to a path ending in .keras",
+        message=r"Invalid filepath extension for saving",
+    ),
+    Rule(
+        "load_savedmodel",
+        "keras.models.load_model() no longer reads a SavedModel: reload it as a layer with "
+        "keras.layers.TFSMLayer(path, call_endpoint='serving_default')",
+        message=r"File format not supported: filepath=",
+    ),
+    Rule(
+        "deeply_nested_inputs",
+        "keras.Model refuses inputs nested more than one level deep: pass a flat dict, "
+        "list or tuple of keras.Input tensors",
+        message=r"all values in the dict must be KerasTensors|"
+        r"inputs.*(nested|deeply)|Only input tensors may be passed as positional",
+    ),
+    Rule(
+        "unbuilt_state",
+        "state must be created in __init__() or build(), not in call(): implement "
+        "build(self, input_shape) that creates the weights and builds every sublayer",
+        message=r"looks like it has unbuilt state|"
+        r"Cannot add (a )?(new )?(variable|weight).*(call|StatelessScope)|"
+        r"You are attempting to create a variable in a (JAX )?(stateless|traced)",
+    ),
+    Rule(
+        "none_in_nested_args",
+        "None is not allowed inside nested call() arguments: make it a separate optional "
+        "argument, e.g. def call(self, foo, baz=None)",
+        message=r"None.*(nested|structure)|(nested|structure).*None",
+    ),
+    Rule(
+        "removed_api",
+        "this API was removed in Keras 3 (ThresholdedReLU -> ReLU(threshold=...); "
+        "LocallyConnected*, RandomFourierFeatures, RadialConstraint: copy the implementation "
+        "into your code; symbolic add_loss, layer metrics/dynamic, RNN constants/time_major "
+        "and reset_metrics are gone)",
+        message=r"has no attribute '(ThresholdedReLU|LocallyConnected1D|LocallyConnected2D|"
+        r"RandomFourierFeatures|RadialConstraint)'|unexpected keyword argument '(constants|"
+        r"time_major|reset_metrics|dynamic)'",
+    ),
+)
+
+
+@dataclasses.dataclass
+class Failure:
+    """What went wrong in a cell: the `failure` record of the report."""
+
+    check: str
+    phase: str
+    kind: str
+    exception: str
+    message: str
+    hint: str | None = None
+    traceback: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        record = dataclasses.asdict(self)
+        extra = record.pop("extra")
+        record.update(extra)
+        return record
+
+
+def type_names(exc: BaseException) -> list[str]:
+    return [t.__name__ for t in type(exc).__mro__]
+
+
+def unsupported_ops(text: str) -> list[str]:
+    """Op names from an XLA 'Detected unsupported operations' message, in order, once each."""
+    names = re.findall(r"No registered '(\w+)' OpKernel for XLA_", text)
+    names += re.findall(r"^\s*(\w+) \(No registered", text, re.M)
+    return list(dict.fromkeys(names))
+
+
+def find_rule(exc: BaseException) -> Rule | None:
+    names = type_names(exc)
+    text = f"{exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f"\n{cause}"
+        names += type_names(cause)
+    for rule in RULES:
+        if rule.matches(names, text):
+            return rule
+    return None
+
+
+def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
+             jit_only: bool | None = None) -> tuple[str, Failure]:
+    """Classify `exc`: returns (status, failure record).
+
+    `jit_only` is True when the same step was re-run without jit in this cell and passed:
+    that makes it a compile error whatever the exception says.
+    """
+    rule = find_rule(exc)
+    message = str(exc).strip() or repr(exc)
+    compile_error = jit and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
+    if jit_only is False:
+        compile_error = False
+    failure = Failure(
+        check=check,
+        phase=phase,
+        kind=rule.name if rule else ("compile" if compile_error else "exception"),
+        exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message=message[:4000],
+        hint=rule.hint if rule else (JIT_OFF_HINT.capitalize() + " (it fails only with jit on)"
+                                     if compile_error else None),
+        traceback="".join(traceback.format_exception(exc))[-6000:],
+    )
+    if rule is not None and rule.name == "xla_unsupported_ops":
+        failure.extra["unsupported_ops"] = unsupported_ops(message)
+    return (COMPILE_ERROR if compile_error else ERROR), failure

@@ -1,0 +1,123 @@
+"""Comparisons of a cell against the reference cell: variables and arrays, with tolerances.
+
+Tolerances are per dtype and apply as `|x - ref| <= atol + rtol * |ref|` elementwise (numpy's
+`allclose` rule, with the reference cell on the right). Why these numbers: see the README.
+NaN agrees with NaN at the same place; an infinity must match exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.statuses import MISMATCH, PASS
+
+#: dtype name -> (rtol, atol). Across backends, kernels differ (oneDNN, Eigen, XLA, ATen),
+#: so float32 allows ~8x torch.testing's rtol; half precisions follow torch.testing.
+TOLERANCES = {
+    "float64": (1e-7, 1e-9),
+    "float32": (1e-5, 1e-5),
+    "float16": (1e-3, 1e-3),
+    "bfloat16": (1.6e-2, 1e-2),
+}
+EXACT = (0.0, 0.0)  # integers and booleans
+
+
+def tolerance(dtype: str, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
+    default = TOLERANCES.get(dtype, EXACT)
+    return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
+
+
+def compare_variables(reference: list[dict], got: list[dict]) -> dict:
+    """The build check: same variable paths, shapes, dtypes and trainable flags."""
+    ref = {v["path"]: v for v in reference}
+    mine = {v["path"]: v for v in got}
+    missing = [p for p in ref if p not in mine]
+    extra = [p for p in mine if p not in ref]
+    differing = []
+    for path in ref.keys() & mine.keys():
+        for field in ("shape", "dtype", "trainable"):
+            if ref[path][field] != mine[path][field]:
+                differing.append(f"{path}: {field} {mine[path][field]} (reference {ref[path][field]})")
+    result = {"status": PASS, "variables": len(got)}
+    if missing or extra or differing:
+        parts = []
+        if missing:
+            parts.append(f"missing here: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            parts.append(f"not in the reference: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        if differing:
+            parts.append("; ".join(sorted(differing)[:5]))
+        result.update(status=MISMATCH, missing=missing, extra=extra, differing=sorted(differing),
+                      message="variables differ from the reference cell: " + "; ".join(parts))
+    return result
+
+
+def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, dtype: str,
+                   rtol: float | None, atol: float | None) -> dict:
+    """Compare one output; returns the error figures and, when off, where the worst one is."""
+    rtol, atol = tolerance(dtype, rtol, atol)
+    base = {"output": name, "dtype": dtype, "rtol": rtol, "atol": atol}
+    if ref.shape != got.shape:
+        return {**base, "status": MISMATCH,
+                "message": f"{name}: shape {got.shape} (reference {ref.shape})"}
+    if ref.size == 0:
+        return {**base, "status": PASS, "max_abs_err": 0.0, "max_rel_err": 0.0, "frac_mismatched": 0.0}
+    ref_f, got_f = ref.astype(np.float64), got.astype(np.float64)
+    both_nan = np.isnan(ref_f) & np.isnan(got_f)
+    same_inf = np.isinf(ref_f) & (ref_f == got_f)
+    with np.errstate(invalid="ignore", over="ignore"):
+        abs_err = np.where(both_nan | same_inf, 0.0, np.abs(got_f - ref_f))
+        abs_err = np.where(np.isnan(abs_err), np.inf, abs_err)  # NaN on one side only
+        rel_err = abs_err / np.maximum(np.abs(ref_f), np.finfo(np.float64).tiny)
+        rel_err = np.where(abs_err == 0, 0.0, rel_err)
+        off = abs_err > atol + rtol * np.abs(np.where(np.isfinite(ref_f), ref_f, 0.0))
+    worst = np.unravel_index(int(np.argmax(abs_err)), abs_err.shape)
+    result = {
+        **base,
+        "status": MISMATCH if off.any() else PASS,
+        "max_abs_err": float(abs_err.max()),
+        "max_rel_err": float(rel_err.max()),
+        "frac_mismatched": float(off.mean()),
+    }
+    if off.any():
+        result.update(
+            worst_index=[int(i) for i in worst],
+            worst_value=float(got_f[worst]),
+            worst_reference=float(ref_f[worst]),
+            message=(f"{name}: {int(off.sum())} of {off.size} elements "
+                     f"({100 * off.mean():.3g}%) beyond rtol={rtol:g}, atol={atol:g}; max abs "
+                     f"err {result['max_abs_err']:.3g}, max rel err {result['max_rel_err']:.3g}; "
+                     f"worst at {tuple(int(i) for i in worst)}: {got_f[worst]!r} vs reference "
+                     f"{ref_f[worst]!r}"),
+        )
+    return result
+
+
+def compare_outputs(names: list[str], reference: list[np.ndarray], got: list[np.ndarray],
+                    ref_dtypes: list[str], dtypes: list[str],
+                    rtol: float | None, atol: float | None) -> dict:
+    """The outputs check over every output leaf; the figures are the worst over leaves."""
+    if len(reference) != len(got):
+        return {"status": MISMATCH,
+                "message": f"{len(got)} outputs here, {len(reference)} in the reference cell"}
+    per_output = []
+    for name, ref, mine, ref_dtype, dtype in zip(names, reference, got, ref_dtypes, dtypes):
+        if ref_dtype != dtype:
+            per_output.append({"output": name, "status": MISMATCH,
+                               "message": f"{name}: dtype {dtype} (reference {ref_dtype})"})
+            continue
+        per_output.append(compare_arrays(name, ref, mine, dtype, rtol, atol))
+    result = {"status": PASS}
+    for key in ("max_abs_err", "max_rel_err", "frac_mismatched"):
+        values = [o[key] for o in per_output if key in o]
+        if values:
+            result[key] = max(values)
+    bad = [o for o in per_output if o["status"] != PASS]
+    if bad:
+        worst = max(bad, key=lambda o: o.get("max_abs_err", np.inf))
+        result.update(status=MISMATCH, message="; ".join(o["message"] for o in bad[:3]),
+                      **{k: worst[k] for k in ("output", "worst_index", "worst_value",
+                                               "worst_reference", "rtol", "atol") if k in worst})
+    if len(per_output) > 1:
+        result["outputs"] = per_output
+    return result

@@ -1,0 +1,242 @@
+"""The pytest plugin: options, one item per (case, cell), outcomes, and the reports.
+
+Registered through the `pytest11` entry point. Hooks that must exist before options are
+parsed live at module level; the state of a run lives in `ParityPlugin`, registered in
+`pytest_configure`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+
+import pytest
+
+from harness.case import Case
+from harness.cells import Cell, CellPlan, UsageError, plan_cells
+from harness.report import ReportWriter
+from harness.session import CaseRef, ParitySession
+from harness.statuses import PASS, SKIP, XFAIL
+
+# (ini name, default, help). Each is also a command-line option: --keras-backends, ...
+OPTIONS = (
+    ("keras_backends", "all",
+     "backends to run: 'all' or a comma-separated subset of tensorflow,jax,torch"),
+    ("keras_devices", "auto",
+     "devices: auto (cpu, plus gpu where there is one), cpu, gpu or cpu,gpu"),
+    ("keras_jit", "both", "jit settings to run: both, on or off"),
+    ("keras_reference", "",
+     "the cell every other cell is compared with (default tensorflow-cpu-nojit, else the "
+     "first cell that can run)"),
+    ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md and worker logs"),
+    ("keras_timeout", "600", "seconds a cell may take before its worker is killed (timeout)"),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("keras-parity", "keras-parity: Keras 3 cross-backend parity")
+    for name, default, help_text in OPTIONS:
+        group.addoption("--" + name.replace("_", "-"), dest=name, default=None,
+                        help=f"{help_text} [default: {default or 'see help'}; ini: {name}]")
+        parser.addini(name, help=help_text, default=default)
+
+
+def option(config: pytest.Config, name: str) -> str:
+    value = config.getoption(name)
+    return str(value if value is not None else config.getini(name))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser, args) -> None:
+    # A parity run never needs a real backend in the pytest process: test modules that
+    # `import keras` at the top get the light numpy backend during collection.
+    if getattr(early_config.known_args_namespace, "keras_backends", None) or "keras_backends" in early_config.inicfg:
+        os.environ["KERAS_BACKEND"] = "numpy"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "keras_parity: a keras-parity cell item")
+    try:
+        plan = plan_cells(option(config, "keras_backends"), option(config, "keras_devices"),
+                          option(config, "keras_jit"), option(config, "keras_reference") or None)
+        timeout = float(option(config, "keras_timeout"))
+        if timeout <= 0:
+            raise ValueError
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except ValueError:
+        raise pytest.UsageError(
+            f"--keras-timeout: {option(config, 'keras_timeout')!r} is not a positive number of seconds") from None
+    # With pytest-xdist, all cells of a case must run on one xdist worker (they share the
+    # reference cell's results): plain load balancing becomes load balancing by group.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+    config.pluginmanager.register(ParityPlugin(config, plan, timeout), "keras-parity")
+
+
+class CellFailed(Exception):
+    """A cell ended in a failing status; the message is the whole story, no traceback."""
+
+
+class ParityItem(pytest.Item):
+    def __init__(self, *, case: Case, case_ref: CaseRef, cell: Cell, **kwargs):
+        super().__init__(**kwargs)
+        self.case = case
+        self.case_ref = case_ref
+        self.cell = cell
+        self.record: dict | None = None
+        self.add_marker(pytest.mark.xdist_group(case.name))
+
+    def runtest(self) -> None:
+        plugin: ParityPlugin = self.config.pluginmanager.get_plugin("keras-parity")
+        self.record = record = plugin.record(self)
+        self.user_properties.append(("keras_parity_status", record["status"]))
+        status, declared = record["status"], record.get("xfail")
+        if status == SKIP:
+            pytest.skip(record.get("skip_reason") or "skipped")
+        if status == XFAIL:
+            pytest.xfail(f"{declared['actual']} as declared: {declared['reason']}")
+        if declared and not declared["met"]:
+            if status == PASS:
+                raise CellFailed(f"[XPASS(strict)] {self.case_ref.id} [{self.cell.id}] passed, but "
+                                 f"the case declares {declared['expected']}: {declared['reason']}. "
+                                 f"Remove or narrow the xfail pattern {declared['pattern']!r}.")
+            raise CellFailed(f"declared {declared['expected']} ({declared['reason']}), got {status}:\n"
+                             + describe_failure(record))
+        if status != PASS:
+            raise CellFailed(describe_failure(record))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, CellFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        code = getattr(self.case.factory, "__code__", None)
+        return self.path, (code.co_firstlineno - 1 if code else None), self.name
+
+
+def describe_failure(record: dict) -> str:
+    """The failure as a user reads it in pytest's output: status, check, message, hint."""
+    lines = [f"{record['case']} [{record['cell']}]: {record['status']}"]
+    for name, check in record["checks"].items():
+        if check["status"] not in (PASS, SKIP):
+            lines.append(f"  {name}: {check['status']}" + (f" - {check['message']}" if check.get("message") else ""))
+    failure = record.get("failure")
+    if failure:
+        where = "/".join(str(x) for x in (failure.get("check"), failure.get("phase")) if x)
+        lines.append(f"  failure ({where}): {failure.get('exception') or failure.get('kind')}: "
+                     f"{failure.get('message', '')}")
+        if failure.get("unsupported_ops"):
+            lines.append(f"  unsupported ops: {', '.join(failure['unsupported_ops'])}")
+        if failure.get("hint"):
+            lines.append(f"  hint: {failure['hint']}")
+        tail = (failure.get("log_tail") or "").strip()
+        if tail:
+            lines.append("  worker log (tail):\n    " + "\n    ".join(tail.splitlines()[-15:]))
+    for note in record.get("notes", []):
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+class ParityPlugin:
+    """The state of one run: the cell plan, the worker pool, and (in the controller) the reports."""
+
+    def __init__(self, config: pytest.Config, plan: CellPlan, timeout: float):
+        self.config = config
+        self.plan = plan
+        self.timeout = timeout
+        self.report_dir = os.path.join(config.invocation_params.dir, option(config, "keras_report_dir"))
+        self.is_xdist_worker = hasattr(config, "workerinput")
+        self.session: ParitySession | None = None
+        self.writer: ReportWriter | None = None
+        self.selected: dict[str, set[Cell]] | None = None
+        self.started = time.time()
+
+    # -- collection --------------------------------------------------------------------
+
+    def pytest_pycollect_makeitem(self, collector, name, obj):
+        if not isinstance(obj, Case) or not isinstance(collector, pytest.Module):
+            return None
+        if getattr(obj.factory, "__module__", None) != collector.obj.__name__:
+            return []  # a case imported from another module is collected where it is defined
+        case_ref = CaseRef.from_module(f"{collector.nodeid}::{name}", collector.obj, name)
+        return [ParityItem.from_parent(collector, name=f"{name}[{cell.id}]", case=obj,
+                                       case_ref=case_ref, cell=cell)
+                for cell in self.plan.cells]
+
+    # -- running -----------------------------------------------------------------------
+
+    def record(self, item: ParityItem) -> dict:
+        if self.session is None:
+            log_dir = os.path.join(self.report_dir, "workers")
+            self.session = ParitySession(self.plan, self.timeout, log_dir)
+        if self.selected is None:  # the items left after -k, --lf, deselection
+            self.selected = {}
+            for other in item.session.items:
+                if isinstance(other, ParityItem):
+                    self.selected.setdefault(other.case_ref.id, set()).add(other.cell)
+        return self.session.record(item.case, item.case_ref, item.cell,
+                                   self.selected.get(item.case_ref.id, {item.cell}))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        if isinstance(item, ParityItem) and call.when == "call" and item.record is not None:
+            report.keras_parity = item.record  # travels to the xdist controller with the report
+        return report
+
+    # -- reports (in the process that sees every report: plain pytest or xdist controller)
+
+    def pytest_sessionstart(self, session) -> None:
+        if not self.is_xdist_worker:
+            self.writer = ReportWriter(self.report_dir)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        record = getattr(report, "keras_parity", None)
+        if record is not None and self.writer is not None:
+            self.writer.add(record)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        if self.session is not None:
+            self.session.close()
+        if self.writer is not None:
+            self.writer.finish(self.run_info(exitstatus))
+
+    def pytest_unconfigure(self, config) -> None:
+        if self.session is not None:  # sessionfinish did not run (an internal error)
+            self.session.close()
+
+    def run_info(self, exitstatus) -> dict:
+        versions = {}
+        for record in self.writer.cells:
+            versions.update(record.get("versions", {}))
+        return {
+            "started": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "host": platform.node(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "versions": versions,
+            "reference": self.plan.reference.id,
+            "cells": [c.id for c in self.plan.cells],
+            "skipped_cells": {c.id: r for c, r in self.plan.skipped.items()},
+            "options": {name: option(self.config, name) for name, _, _ in OPTIONS},
+            "exitstatus": int(exitstatus),
+        }
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.writer is None or not self.writer.cells:
+            return
+        counts: dict[str, int] = {}
+        for record in self.writer.cells:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        terminalreporter.write_sep("-", "keras-parity")
+        terminalreporter.write_line(
+            f"{len(self.writer.cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            + f"; reference {self.plan.reference.id}")
+        terminalreporter.write_line(f"reports: {self.report_dir}/parity.md, parity.json, results.jsonl")

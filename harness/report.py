@@ -1,0 +1,110 @@
+"""The reports: `results.jsonl` (a line per finished cell), `parity.json` and `parity.md`.
+
+`results.jsonl` is appended and flushed as each cell finishes, so a killed run keeps what it
+had. `parity.json` is written at the end through a temporary file and a rename, so a reader
+never sees half of it. `parity.md` is the matrix of cases by cells, for a CI step summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+SCHEMA = 1
+
+STATUS_MARKS = {
+    "pass": "✅ pass",
+    "mismatch": "❌ mismatch",
+    "error": "💥 error",
+    "compile_error": "🛠 compile_error",
+    "crash": "☠ crash",
+    "timeout": "⏱ timeout",
+    "skip": "⏭ skip",
+    "xfail": "➖ xfail",
+}
+
+
+def atomic_write(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class ReportWriter:
+    def __init__(self, report_dir: str):
+        self.report_dir = report_dir
+        os.makedirs(report_dir, exist_ok=True)
+        self.cells: list[dict] = []
+        self.jsonl = open(os.path.join(report_dir, "results.jsonl"), "w", encoding="utf-8")
+
+    def add(self, record: dict) -> None:
+        self.cells.append(record)
+        self.jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+        self.jsonl.flush()
+        os.fsync(self.jsonl.fileno())
+
+    def finish(self, run: dict) -> dict:
+        self.jsonl.close()
+        report = {"schema": SCHEMA, "run": run, "cells": self.cells}
+        atomic_write(os.path.join(self.report_dir, "parity.json"), json.dumps(report, indent=1, sort_keys=True))
+        atomic_write(os.path.join(self.report_dir, "parity.md"), render_markdown(report))
+        return report
+
+
+def _worst_error(record: dict) -> str:
+    outputs = record.get("checks", {}).get("outputs", {})
+    err = outputs.get("max_abs_err")
+    return f" ({err:.1e})" if err else ""
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict) -> str:
+    cells = report["cells"]
+    cell_ids = sorted({c["cell"] for c in cells})
+    cases = list(dict.fromkeys(c["case"] for c in cells))
+    by_key = {(c["case"], c["cell"]): c for c in cells}
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+
+    lines = ["# keras-parity report", ""]
+    run = report.get("run", {})
+    if run.get("versions"):
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
+    lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
+                 + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines += ["", "| case | " + " | ".join(cell_ids) + " |", "|---" * (len(cell_ids) + 1) + "|"]
+    for case in cases:
+        row = []
+        for cell in cell_ids:
+            record = by_key.get((case, cell))
+            row.append("" if record is None else STATUS_MARKS.get(record["status"], record["status"])
+                       + _worst_error(record))
+        lines.append(f"| `{_md_escape(case)}` | " + " | ".join(row) + " |")
+
+    failures = [c for c in cells if c.get("failure") or c["status"] not in ("pass", "skip")]
+    if failures:
+        lines += ["", "## Failures", ""]
+        for c in failures:
+            f = c.get("failure") or {}
+            bad = [f"{name}: {chk.get('message') or chk['status']}" for name, chk in c["checks"].items()
+                   if chk["status"] not in ("pass", "skip")]
+            lines.append(f"- `{_md_escape(c['case'])}` [{c['cell']}] **{c['status']}**"
+                         + (f" ({f.get('check')}/{f.get('phase')}: {_md_escape(f.get('message', ''))[:300]})"
+                            if f else "")
+                         + ("; " + _md_escape("; ".join(bad))[:300] if bad and not f else ""))
+            if f.get("hint"):
+                lines.append(f"  - hint: {_md_escape(f['hint'])}")
+            if c.get("xfail"):
+                lines.append(f"  - declared: {_md_escape(c['xfail']['expected'])} ({_md_escape(c['xfail']['reason'])})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+"""`python -m harness.worker`: a long-lived process that serves cells of one (backend, device).
+
+The pool sets the environment (KERAS_BACKEND, visible devices, determinism flags) before this
+process starts, so keras and the backend are imported once, configured, and then serve many
+cells. Requests and replies are JSON frames on two pipes inherited from the pytest process;
+stdout and stderr go to the worker's log file, so user code may print freely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from multiprocessing.connection import Connection
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the pytest process dies, however it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def configure_backend(backend: str, device: str) -> dict:
+    """Import keras and the backend, switch off TF32 and non-determinism, report the devices."""
+    import keras
+
+    info = {"keras": keras.__version__, "backend": keras.backend.backend()}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:  # three backends share one GPU: grow memory, never grab it all
+            tf.config.experimental.set_memory_growth(gpu, True)
+        info.update(version=tf.__version__, gpus=[g.name for g in gpus])
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+        info.update(version=jax.__version__,
+                    gpus=[str(d) for d in jax.devices() if d.platform == "gpu"] if device == "gpu" else [])
+    else:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info.update(version=torch.__version__, gpus=gpus)
+    info["device_ok"] = device == "cpu" or bool(info["gpus"])
+    return info
+
+
+def send(conn: Connection, message: dict) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
+    from harness.runner import CellRun  # imports numpy only; keras is already imported
+
+    while True:
+        try:
+            request = json.loads(conn_in.recv_bytes())
+        except EOFError:
+            return  # the pytest process closed the pipe: shut down
+        if request["type"] == "shutdown":
+            return
+        if request["type"] == "run_cell":
+            reply = CellRun(request, backend, device).run()
+        else:
+            reply = {"type": "error", "message": f"unknown request {request['type']!r}"}
+        send(conn_out, reply)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--read-fd", type=int, required=True)
+    parser.add_argument("--write-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
+
+    conn_in = Connection(args.read_fd, writable=False)
+    conn_out = Connection(args.write_fd, readable=False)
+    try:
+        info = configure_backend(args.backend, args.device)
+    except Exception as exc:  # noqa: BLE001 - a broken install is reported, not hidden
+        send(conn_out, {"type": "fatal", "exception": type(exc).__name__, "message": str(exc),
+                        "traceback": traceback.format_exc()})
+        return 1
+    send(conn_out, {"type": "ready", "pid": os.getpid(), **info})
+    serve(conn_in, conn_out, args.backend, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
