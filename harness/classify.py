@@ -12,6 +12,8 @@ import traceback
 
 from harness.statuses import COMPILE_ERROR, ERROR
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Keras colours its error messages
+
 JIT_OFF_HINT = (
     "compile it without jit on this backend: model.compile(..., jit_compile=False) "
     "or model.jit_compile = False"
@@ -116,6 +118,13 @@ RULES = (
         message=r"None.*(nested|structure)|(nested|structure).*None",
     ),
     Rule(
+        "inputs_do_not_fit",
+        "the case's inputs do not fit the model: change the shapes or dtypes in the case's "
+        "inputs= (or the model's keras.Input)",
+        message=r"is incompatible with the layer|expected shape=|Dimensions must be equal|"
+        r"shapes .* (are )?incompatible|mat1 and mat2 shapes cannot be multiplied",
+    ),
+    Rule(
         "removed_api",
         "this API was removed in Keras 3 (ThresholdedReLU -> ReLU(threshold=...); "
         "LocallyConnected*, RandomFourierFeatures, RadialConstraint: copy the implementation "
@@ -180,7 +189,7 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
     that makes it a compile error whatever the exception says.
     """
     rule = find_rule(exc)
-    message = str(exc).strip() or repr(exc)
+    message = ANSI_ESCAPE.sub("", str(exc)).strip() or repr(exc)
     compile_error = jit and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
     if jit_only is False:
         compile_error = False

@@ -87,8 +87,8 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, dtype: str,
             message=(f"{name}: {int(off.sum())} of {off.size} elements "
                      f"({100 * off.mean():.3g}%) beyond rtol={rtol:g}, atol={atol:g}; max abs "
                      f"err {result['max_abs_err']:.3g}, max rel err {result['max_rel_err']:.3g}; "
-                     f"worst at {tuple(int(i) for i in worst)}: {got_f[worst]!r} vs reference "
-                     f"{ref_f[worst]!r}"),
+                     f"worst at {tuple(int(i) for i in worst)}: {float(got_f[worst]):.7g} vs "
+                     f"reference {float(ref_f[worst]):.7g}"),
         )
     return result
 

@@ -41,19 +41,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, default, help_text in OPTIONS:
         group.addoption("--" + name.replace("_", "-"), dest=name, default=None,
                         help=f"{help_text} [default: {default or 'see help'}; ini: {name}]")
-        parser.addini(name, help=help_text, default=default)
+        parser.addini(name, help=help_text, default="")  # "": not set, the default applies
 
 
 def option(config: pytest.Config, name: str) -> str:
+    """Command line, else ini file, else the default."""
     value = config.getoption(name)
-    return str(value if value is not None else config.getini(name))
+    if value is None:
+        value = config.getini(name) or dict((n, d) for n, d, _ in OPTIONS)[name]
+    return str(value)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser, args) -> None:
     # A parity run never needs a real backend in the pytest process: test modules that
     # `import keras` at the top get the light numpy backend during collection.
-    if getattr(early_config.known_args_namespace, "keras_backends", None) or "keras_backends" in early_config.inicfg:
+    if getattr(early_config.known_args_namespace, "keras_backends", None) or early_config.getini("keras_backends"):
         os.environ["KERAS_BACKEND"] = "numpy"
 
 
@@ -123,8 +126,8 @@ def describe_failure(record: dict) -> str:
     """The failure as a user reads it in pytest's output: status, check, message, hint."""
     lines = [f"{record['case']} [{record['cell']}]: {record['status']}"]
     for name, check in record["checks"].items():
-        if check["status"] not in (PASS, SKIP):
-            lines.append(f"  {name}: {check['status']}" + (f" - {check['message']}" if check.get("message") else ""))
+        if check.get("message") and check["status"] not in (PASS, SKIP):
+            lines.append(f"  {name}: {check['status']} - {check['message']}")
     failure = record.get("failure")
     if failure:
         where = "/".join(str(x) for x in (failure.get("check"), failure.get("phase")) if x)
@@ -134,9 +137,9 @@ def describe_failure(record: dict) -> str:
             lines.append(f"  unsupported ops: {', '.join(failure['unsupported_ops'])}")
         if failure.get("hint"):
             lines.append(f"  hint: {failure['hint']}")
-        tail = (failure.get("log_tail") or "").strip()
+        tail = [line[:200] for line in (failure.get("log_tail") or "").strip().splitlines()[-15:]]
         if tail:
-            lines.append("  worker log (tail):\n    " + "\n    ".join(tail.splitlines()[-15:]))
+            lines.append("  worker log (tail):\n    " + "\n    ".join(tail))
     for note in record.get("notes", []):
         lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -68,9 +68,16 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def cell_order(cell_id: str) -> tuple:
+    """tensorflow, jax, torch; cpu before gpu; nojit before jit."""
+    backend, device, jit = cell_id.split("-")
+    order = {"tensorflow": 0, "jax": 1, "torch": 2, "cpu": 0, "gpu": 1, "nojit": 0, "jit": 1}
+    return (order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
+
+
 def render_markdown(report: dict) -> str:
     cells = report["cells"]
-    cell_ids = sorted({c["cell"] for c in cells})
+    cell_ids = sorted({c["cell"] for c in cells}, key=cell_order)
     cases = list(dict.fromkeys(c["case"] for c in cells))
     by_key = {(c["case"], c["cell"]): c for c in cells}
     counts: dict[str, int] = {}
@@ -99,9 +106,9 @@ def render_markdown(report: dict) -> str:
             f = c.get("failure") or {}
             bad = [f"{name}: {chk.get('message') or chk['status']}" for name, chk in c["checks"].items()
                    if chk["status"] not in ("pass", "skip")]
+            where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
             lines.append(f"- `{_md_escape(c['case'])}` [{c['cell']}] **{c['status']}**"
-                         + (f" ({f.get('check')}/{f.get('phase')}: {_md_escape(f.get('message', ''))[:300]})"
-                            if f else "")
+                         + (f" ({where}: {_md_escape(f.get('message', ''))[:300]})" if f else "")
                          + ("; " + _md_escape("; ".join(bad))[:300] if bad and not f else ""))
             if f.get("hint"):
                 lines.append(f"  - hint: {_md_escape(f['hint'])}")
