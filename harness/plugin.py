@@ -167,8 +167,11 @@ class ParityPlugin:
         if getattr(obj.factory, "__module__", None) != collector.obj.__name__:
             return []  # a case imported from another module is collected where it is defined
         case_ref = CaseRef.from_module(f"{collector.nodeid}::{name}", collector.obj, name)
-        return [ParityItem.from_parent(collector, name=f"{name}[{cell.id}]", case=obj,
-                                       case_ref=case_ref, cell=cell)
+        # The node id is given whole, so pytest parses `[cell]` as parameters, as it does for
+        # parametrized functions (--lf and --deselect match on that form).
+        return [ParityItem.from_parent(collector, name=f"{name}[{cell.id}]",
+                                       nodeid=f"{collector.nodeid}::{name}[{cell.id}]",
+                                       case=obj, case_ref=case_ref, cell=cell)
                 for cell in self.plan.cells]
 
     # -- running -----------------------------------------------------------------------

@@ -58,7 +58,20 @@ def configure_backend(backend: str, device: str) -> dict:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info.update(version=torch.__version__, gpus=gpus)
     info["device_ok"] = device == "cpu" or bool(info["gpus"])
+    if info["device_ok"]:
+        warm_up()
     return info
+
+
+def warm_up() -> None:
+    """Pay the backend's first-use costs (lazy imports, runtime start) before the first cell,
+    so they count against start-up, not against that cell's timeout and timings."""
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Dense(2)
+    keras.ops.convert_to_numpy(layer(np.ones((1, 2), "float32")))
+    keras.backend.clear_session()
 
 
 def send(conn: Connection, message: dict) -> None:
