@@ -126,7 +126,10 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
         )
     rules = []
     for pattern, value in xfail.items():
-        validate_pattern(pattern, f"case {factory_name!r}: xfail pattern")
+        try:
+            validate_pattern(pattern, f"case {factory_name!r}: xfail pattern")
+        except UsageError as exc:
+            raise CaseDefinitionError(str(exc)) from None
         if isinstance(value, str):
             rules.append(XfailRule(pattern, None, value))
             continue

@@ -1,0 +1,229 @@
+"""The pure parts, without workers: cell plans, the case API, array transport, comparisons,
+status arithmetic and error classification."""
+
+import numpy as np
+import pytest
+
+import harness
+from harness import arrays, classify, compare
+from harness.cells import Cell, UsageError, plan_cells, validate_pattern
+from harness.statuses import worst
+
+
+# -- cells -------------------------------------------------------------------------------
+
+def test_cells_parse_and_print():
+    cell = Cell.parse("torch-gpu-jit")
+    assert (cell.backend, cell.device, cell.jit, cell.id) == ("torch", "gpu", True, "torch-gpu-jit")
+    assert cell.worker_key == ("torch", "gpu")
+    for bad in ("torch-gpu", "mxnet-cpu-jit", "torch-tpu-jit", "torch-cpu-yes"):
+        with pytest.raises(UsageError, match="is not a cell"):
+            Cell.parse(bad)
+
+
+def test_plan_asks_for_every_combination_and_picks_the_reference():
+    plan = plan_cells("all", "cpu", "both", None)
+    assert [c.id for c in plan.cells] == [
+        f"{b}-cpu-{j}" for b in ("tensorflow", "jax", "torch") for j in ("nojit", "jit")]
+    assert plan.reference == Cell.parse("tensorflow-cpu-nojit")
+    assert plan_cells("jax,torch", "cpu", "on", None).reference == Cell.parse("jax-cpu-jit")
+    assert plan_cells("jax", "cpu", "off", "torch-cpu-nojit").reference == Cell.parse("torch-cpu-nojit")
+
+
+def test_plan_skips_gpu_cells_where_there_is_no_gpu(monkeypatch):
+    monkeypatch.setattr("harness.cells.machine_has_gpu", lambda: False)
+    plan = plan_cells("jax", "cpu,gpu", "off", None)
+    assert plan.skip_reason(Cell.parse("jax-gpu-nojit")).startswith("no GPU")
+    assert plan.skip_reason(Cell.parse("jax-cpu-nojit")) is None
+    assert [c.id for c in plan_cells("jax", "auto", "off", None).cells] == ["jax-cpu-nojit"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("tf", "cpu", "both", None), "unknown backend"),
+    (("", "cpu", "both", None), "(none given)"),
+    (("all", "cpu,npu", "both", None), "unknown device"),
+    (("all", "cpu", "sometimes", None), "both, on, off"),
+    (("all", "cpu", "both", "jax-cpu"), "is not a cell"),
+    (("all", "gpu", "both", "jax-gpu-jit"), "cannot run here"),
+])
+def test_plan_refuses_bad_values(args, message, monkeypatch):
+    monkeypatch.setattr("harness.cells.machine_has_gpu", lambda: False)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_cells(*args)
+
+
+def test_patterns_must_be_able_to_match_a_cell():
+    validate_pattern("torch-*-jit", "x")
+    for bad in ("*", "torch-jit", "torch-*-on", "keras-*-*"):
+        with pytest.raises(UsageError, match="matches no cell"):
+            validate_pattern(bad, "xfail pattern")
+
+
+# -- the case API ------------------------------------------------------------------------
+
+def test_inputs_forms_materialize_to_the_same_arrays_for_the_same_seed():
+    case = harness.parity_case(inputs={"x": harness.spec((2, 3)), "ids": harness.spec((2,), "int32"),
+                                       "pair": (np.ones(2), lambda rng: rng.random(1))})(lambda: None)
+    first, again = case.make_inputs(7), case.make_inputs(7)
+    assert first["x"].shape == (2, 3) and first["x"].dtype == np.float32
+    assert first["ids"].dtype == np.int32
+    assert isinstance(first["pair"], tuple)
+    np.testing.assert_array_equal(first["x"], again["x"])
+    assert not np.array_equal(first["x"], case.make_inputs(8)["x"])
+
+
+def test_the_seed_depends_only_on_the_case_id():
+    case = harness.parity_case(inputs=harness.spec((1,)))(lambda: None)
+    assert case.seed("a.py::c") == case.seed("a.py::c") != case.seed("a.py::d")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checks": ["outputs", "speed"]}, "unknown check"),
+    ({"checks": []}, "unknown check"),
+    ({"rtol": -1}, "rtol must be a number"),
+    ({"xfail": ["torch-*-*"]}, "must be a dict"),
+    ({"xfail": {"torch-*-*": ("slow", "why")}}, "must be one of"),
+    ({"xfail": {"torch-*-*": 3}}, "reason string"),
+    ({"xfail": {"torch": "why"}}, "matches no cell"),
+])
+def test_bad_case_declarations_are_refused_with_the_case_named(kwargs, message):
+    def my_case():
+        pass
+
+    with pytest.raises(harness.CaseDefinitionError, match=message):
+        harness.parity_case(inputs=harness.spec((1,)), **kwargs)(my_case)
+
+
+def test_bad_inputs_name_what_to_change():
+    case = harness.parity_case(inputs=lambda rng: "not an array")(lambda: None)
+    with pytest.raises(harness.CaseDefinitionError, match="inputs: expected an array"):
+        case.make_inputs(0)
+
+
+def test_xfail_rules_match_cells_by_glob():
+    case = harness.parity_case(inputs=harness.spec((1,)), xfail={
+        "torch-*-jit": ("compile_error", "inductor"), "*-gpu-*": "no kernels"})(lambda: None)
+    assert case.xfail_rule("torch-cpu-jit").status == "compile_error"
+    assert case.xfail_rule("jax-gpu-nojit").status is None
+    assert case.xfail_rule("torch-cpu-nojit") is None
+
+
+# -- arrays across the process boundary ---------------------------------------------------
+
+def test_nested_structures_round_trip_through_npz(tmp_path):
+    import ml_dtypes
+
+    value = {"a": np.arange(6).reshape(2, 3), "b": [np.float32(1.5), (np.zeros(0), None)],
+             "h": np.ones(3, ml_dtypes.bfloat16)}
+    dtypes = arrays.save_tree(str(tmp_path / "t.npz"), value)
+    back = arrays.load_tree(str(tmp_path / "t.npz"))
+    np.testing.assert_array_equal(back["a"], value["a"])
+    assert isinstance(back["b"], list) and isinstance(back["b"][1], tuple) and back["b"][1][1] is None
+    assert dtypes == ["int64", "float32", "float64", "bfloat16"]
+    assert back["h"].dtype == np.float32  # bfloat16 travels as float32, its name beside it
+    skeleton, _ = arrays.load_leaves(str(tmp_path / "t.npz"))
+    assert arrays.leaf_names(skeleton) == ["output['a']", "output['b'][0]", "output['b'][1][0]", "output['h']"]
+
+
+# -- comparisons -------------------------------------------------------------------------
+
+def test_equal_arrays_pass_and_report_zero_error():
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    result = compare.compare_arrays("out", x, x.copy(), "float32", None, None)
+    assert result["status"] == "pass" and result["max_abs_err"] == 0 and result["frac_mismatched"] == 0
+
+
+def test_a_difference_beyond_tolerance_reports_figures_and_place():
+    ref = np.ones((2, 5), np.float32)
+    got = ref.copy()
+    got[1, 3] = 1.5
+    got[0, 0] = 1 + 1e-6  # within float32 tolerance
+    result = compare.compare_arrays("out", ref, got, "float32", None, None)
+    assert result["status"] == "mismatch"
+    assert result["max_abs_err"] == pytest.approx(0.5)
+    assert result["max_rel_err"] == pytest.approx(0.5)
+    assert result["frac_mismatched"] == pytest.approx(0.1)
+    assert result["worst_index"] == [1, 3]
+    assert (result["worst_value"], result["worst_reference"]) == (1.5, 1.0)
+    assert "1 of 10 elements" in result["message"]
+
+
+def test_tolerances_follow_the_dtype_and_the_case_overrides():
+    ref = np.array([1.0, 2.0])
+    assert compare.compare_arrays("o", ref, ref + 1e-4, "float32", None, None)["status"] == "mismatch"
+    assert compare.compare_arrays("o", ref, ref + 1e-4, "float16", None, None)["status"] == "pass"
+    assert compare.compare_arrays("o", ref, ref + 1e-4, "float32", 1e-3, None)["status"] == "pass"
+    assert compare.compare_arrays("o", np.array([1, 2]), np.array([1, 3]), "int32", None, None)["status"] == "mismatch"
+
+
+def test_nan_and_inf_agree_only_in_place():
+    ref = np.array([np.nan, np.inf, 1.0])
+    assert compare.compare_arrays("o", ref, ref.copy(), "float32", None, None)["status"] == "pass"
+    got = np.array([np.nan, 1.0, 1.0])
+    assert compare.compare_arrays("o", ref, got, "float32", None, None)["status"] == "mismatch"
+    got = np.array([0.0, np.inf, 1.0])
+    assert compare.compare_arrays("o", ref, got, "float32", None, None)["max_abs_err"] == np.inf
+
+
+def test_shape_dtype_and_output_count_differences_are_mismatches():
+    a = np.zeros((2, 2))
+    assert "shape" in compare.compare_arrays("o", a, np.zeros((2, 3)), "float32", None, None)["message"]
+    result = compare.compare_outputs(["o"], [a], [a], ["float32"], ["float64"], None, None)
+    assert result["status"] == "mismatch" and "dtype float64" in result["message"]
+    assert compare.compare_outputs(["o"], [a], [a, a], ["float32"], ["float32"] * 2, None, None)["status"] == "mismatch"
+
+
+def test_variables_are_compared_by_path_shape_dtype_and_trainable():
+    ref = [{"path": "d/kernel", "shape": [2, 3], "dtype": "float32", "trainable": True},
+           {"path": "d/bias", "shape": [3], "dtype": "float32", "trainable": True}]
+    assert compare.compare_variables(ref, ref)["status"] == "pass"
+    got = [dict(ref[0], trainable=False), {"path": "d/b", "shape": [3], "dtype": "float32", "trainable": True}]
+    result = compare.compare_variables(ref, got)
+    assert result["status"] == "mismatch"
+    assert result["missing"] == ["d/bias"] and result["extra"] == ["d/b"]
+    assert result["differing"] == ["d/kernel: trainable False (reference True)"]
+
+
+def test_a_cell_status_is_the_worst_of_its_checks():
+    assert worst(["pass", "pass"]) == "pass"
+    assert worst(["pass", "skip"]) == "pass"
+    assert worst(["skip", "skip"]) == "skip"
+    assert worst(["pass", "mismatch", "error"]) == "error"
+    assert worst(["timeout", "crash"]) == "crash"
+
+
+# -- classification ----------------------------------------------------------------------
+
+XLA_MESSAGE = """Detected unsupported operations when trying to compile graph __inference_one_step_on_data_125[] on XLA_CPU_JIT: AsString (No registered 'AsString' OpKernel for XLA_CPU_JIT devices compatible with node {{node my_model_1/AsString}}){{node my_model_1/AsString}}
+StringToNumber (No registered 'StringToNumber' OpKernel for XLA_CPU_JIT devices compatible with node {{node my_model_1/StringToNumber}}){{node my_model_1/StringToNumber}}"""
+
+
+def test_xla_unsupported_ops_are_a_compile_error_with_op_names():
+    status, failure = classify.describe(ValueError(XLA_MESSAGE), check="outputs", phase="predict", jit=True)
+    assert status == "compile_error"
+    assert failure.kind == "xla_unsupported_ops"
+    assert failure.to_json()["unsupported_ops"] == ["AsString", "StringToNumber"]
+    assert "jit_compile=False" in failure.hint
+
+
+def test_a_failure_that_also_fails_without_jit_is_an_error():
+    status, _ = classify.describe(ValueError(XLA_MESSAGE), check="outputs", phase="predict", jit=True,
+                                  jit_only=False)
+    assert status == "error"
+    status, failure = classify.describe(RuntimeError("odd"), check="outputs", phase="predict", jit=True,
+                                        jit_only=True)
+    assert status == "compile_error" and "only with jit on" in failure.hint
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("A KerasTensor cannot be used as input to a TensorFlow function.", "keras_tensor_in_tf_op"),
+    ("Invalid filepath extension for saving. Please add either a `.keras` extension", "savedmodel_via_save"),
+    ("File format not supported: filepath=saved_model. Keras 3 only supports V3", "load_savedmodel"),
+    ("Layer 'pos' looks like it has unbuilt state, but Keras is not able to trace", "unbuilt_state"),
+    ("module 'keras.layers' has no attribute 'ThresholdedReLU'", "removed_api"),
+    ("\x1b[1mInput 0 of layer 'dense' is incompatible with the layer\x1b[0m", "inputs_do_not_fit"),
+])
+def test_the_guides_errors_get_the_guides_hints(message, kind):
+    status, failure = classify.describe(ValueError(message), check="build", phase="factory", jit=False)
+    assert status == "error" and failure.kind == kind and failure.hint
+    assert "\x1b" not in failure.message
