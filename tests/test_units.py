@@ -227,3 +227,17 @@ def test_the_guides_errors_get_the_guides_hints(message, kind):
     status, failure = classify.describe(ValueError(message), check="build", phase="factory", jit=False)
     assert status == "error" and failure.kind == kind and failure.hint
     assert "\x1b" not in failure.message
+
+
+def test_the_mapped_npz_reader_agrees_with_numpy(tmp_path):
+    values = {"a/b/kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)),
+              "scalar": np.array(3.5), "empty": np.zeros((0, 2), np.int8), "flags": np.array([True, False])}
+    np.savez(tmp_path / "w.npz", **values)
+    np.savez_compressed(tmp_path / "c.npz", **values)
+    for name in ("w.npz", "c.npz"):
+        read = arrays.read_npz(str(tmp_path / name))
+        assert set(read) == set(values)
+        for key, value in values.items():
+            assert read[key].dtype == value.dtype and read[key].shape == value.shape
+            np.testing.assert_array_equal(read[key], value)

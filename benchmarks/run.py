@@ -1,0 +1,170 @@
+"""keras-parity's own performance, printed as figures (`make bench`).
+
+1. Harness overhead per cell: a warm jax worker runs a trivial case (identity function, build
+   and outputs checks) again and again; overhead = the controller's wall time per cell minus
+   the time the worker spent in the case itself. Goal: median under 20 ms.
+2. A run of N small cases on the three backends (jit off) through `pytest`, against the same
+   work done bare: one plain Python process per backend, in sequence, that imports keras,
+   builds each model and predicts. Goal: at most 1.1x; under 1.0x as backends run side by side.
+3. Weights of a 100 MB model moved to a worker: the reference side writes the `.npz`, a
+   separate process reads it. Goal: 500 MB/s or more.
+
+Every figure is the median of several runs; ratios are given where machine noise matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from harness import arrays  # noqa: E402
+from harness.cells import Cell, plan_cells  # noqa: E402
+from harness.session import CaseRef, ParitySession  # noqa: E402
+
+
+def overhead_per_cell(repeats: int) -> list[float]:
+    import cases
+
+    plan = plan_cells("jax", "cpu", "off", None)
+    cell = Cell.parse("jax-cpu-nojit")
+    with tempfile.TemporaryDirectory() as logs:
+        session = ParitySession(plan, timeout=60, log_dir=logs)
+        try:
+            session.record(cases.trivial, CaseRef.from_module("warm::trivial", cases, "trivial"), cell, {cell})
+            overheads = []
+            for i in range(repeats):
+                ref = CaseRef.from_module(f"bench{i}::trivial", cases, "trivial")
+                t0 = time.perf_counter()
+                record = session.record(cases.trivial, ref, cell, {cell})
+                wall = time.perf_counter() - t0
+                assert record["status"] == "pass", record
+                in_case = record["timings"]["build_s"] + record["timings"]["predict_first_s"]
+                overheads.append(wall - in_case)
+        finally:
+            session.close()
+    return overheads
+
+
+BARE = r'''
+import os, sys, time
+sys.path.insert(0, {here!r})
+import keras, numpy as np
+import cases
+for factory in cases.SMALL_FACTORIES:
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    spec = cases.SMALL_INPUTS[factory.__name__]
+    x = np.random.default_rng(0).normal(size=spec.shape).astype("float32")
+    model = factory()
+    model(x)
+    model.compile(jit_compile=False)
+    model.predict_on_batch(x)
+'''
+
+
+def bare_sequential() -> float:
+    t0 = time.perf_counter()
+    for backend in ("tensorflow", "jax", "torch"):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        subprocess.run([sys.executable, "-c", BARE.format(here=HERE)], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def harness_run(folder: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--keras-backends=all", "--keras-jit=off", "test_bench_cases.py"],
+                          cwd=folder, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"the harness run failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return wall
+
+
+READ_IN_WORKER = (
+    "import sys, time; sys.path.insert(0, sys.argv[2]); import numpy as np; from harness import arrays; "
+    "t = time.perf_counter(); w = arrays.load_weights(sys.argv[1]); mapped = time.perf_counter() - t; "
+    "copies = {k: np.array(v) for k, v in w.items()}; copied = time.perf_counter() - t; "
+    "print(mapped, copied, sum(a.nbytes for a in copies.values()))")
+
+
+def weights_throughput(megabytes: int) -> tuple[float, float]:
+    """MB/s for a weights file written here and read in another process: as mapped arrays, and
+    with every byte copied once into the reader's memory (what assigning to variables costs)."""
+    weights = {f"model/layer_{i}/kernel": np.random.default_rng(i).random((1024, 1024), dtype=np.float32)
+               for i in range(megabytes * 1024 * 1024 // (4 * 1024 * 1024))}
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(dir=shm)
+    path = os.path.join(folder, "w.npz")
+    try:
+        t0 = time.perf_counter()
+        arrays.save_weights(path, weights)
+        write = time.perf_counter() - t0
+        out = subprocess.run([sys.executable, "-c", READ_IN_WORKER, path, os.path.dirname(HERE)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        mapped, copied, nbytes = float(out[0]), float(out[1]), int(out[2])
+        return nbytes / 1e6 / (write + mapped), nbytes / 1e6 / (write + copied)
+    finally:
+        shutil.rmtree(folder)
+
+
+def print_overhead(args) -> None:
+    overheads = overhead_per_cell(30)
+    print(f"harness overhead per cell (trivial case, warm jax worker, 30 cells): "
+          f"median {1000 * statistics.median(overheads):.1f} ms, "
+          f"p90 {1000 * sorted(overheads)[26]:.1f} ms  (goal < 20 ms)")
+
+
+def print_wall(args) -> None:
+    folder = tempfile.mkdtemp()
+    shutil.copy(os.path.join(HERE, "cases.py"), os.path.join(folder, "test_bench_cases.py"))
+    try:
+        walls, bares = [], []
+        for _ in range(args.repeats):
+            bares.append(bare_sequential())
+            walls.append(harness_run(folder))
+    finally:
+        shutil.rmtree(folder)
+    ratios = [w / b for w, b in zip(walls, bares)]
+    print(f"8 small cases x 3 backends (jit off): harness {statistics.median(walls):.1f} s, bare "
+          f"sequential {statistics.median(bares):.1f} s; ratio median {statistics.median(ratios):.2f} "
+          f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}; goal <= 1.1, < 1.0 side by side)")
+
+
+def print_weights(args) -> None:
+    mapped, copied = zip(*[weights_throughput(100) for _ in range(5)])
+    print(f"100 MB of weights to another process: median {statistics.median(mapped):.0f} MB/s as "
+          f"mapped arrays (runs: {', '.join(f'{r:.0f}' for r in mapped)}), "
+          f"{statistics.median(copied):.0f} MB/s with every byte copied into the worker "
+          f"(runs: {', '.join(f'{r:.0f}' for r in copied)}); goal >= 500 MB/s")
+
+
+BENCHMARKS = {"overhead": print_overhead, "wall": print_wall, "weights": print_weights}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the wall-time comparison")
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
+    args = parser.parse_args()
+    for name, bench in BENCHMARKS.items():
+        if args.only in (None, name):
+            bench(args)
+
+
+if __name__ == "__main__":
+    main()
