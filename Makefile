@@ -10,7 +10,7 @@ parity: $(VENV)
 	$(PY) -m pytest suites --keras-backends=all
 
 test: $(VENV)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -ra
 
 bench: $(VENV)
 	$(PY) benchmarks/run.py
