@@ -81,9 +81,11 @@ def load_tree(path: str) -> Any:
 
 
 def load_leaves(path: str) -> tuple[Any, list[np.ndarray]]:
+    # Copies: inputs go to user code and compilers (torch.compile refuses arrays whose base
+    # is a memory map), and these files are small.
     data = read_npz(path)
     skeleton = json.loads(data.pop(_STRUCTURE_KEY).tobytes().decode())
-    return skeleton, [data[str(i)] for i in range(len(data))]
+    return skeleton, [np.array(data[str(i)]) for i in range(len(data))]
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:

@@ -264,7 +264,7 @@ class CellRun:
                     f"from the reference cell (first: {missing[0]})")
                 return
             for v in obj.weights:
-                v.assign(reference[v.path])
+                v.assign(np.array(reference[v.path]))  # out of the read-only memory map
             self.weights_loaded = True
 
     def predictor(self, obj, kind: str, *, jit: bool):
