@@ -78,6 +78,10 @@ class Case:
         """Calling a case builds its object: the factory stays usable as a plain function."""
         return self.factory()
 
+    def wanted_checks(self) -> list[str]:
+        """The checks this case runs, in the contract's order."""
+        return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS)]
+
     def seed(self, case_id: str) -> int:
         """A seed that depends only on the case's id, so every run draws the same inputs."""
         return zlib.crc32(case_id.encode())

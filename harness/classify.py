@@ -20,6 +20,12 @@ JIT_OFF_HINT = (
 )
 
 
+UNTRACKED_STATE_HINT = (
+    "Keras 3 tracks only keras.Variable: create weights with self.add_weight(...) or "
+    "keras.Variable(...) in __init__() or build(), never as a tf.Variable, torch.nn.Parameter "
+    "or raw array attribute, and never in call()")
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Matches an exception by the names in its type's MRO and/or a regex on its message."""
@@ -118,6 +124,13 @@ RULES = (
         message=r"None.*(nested|structure)|(nested|structure).*None",
     ),
     Rule(
+        "targets_do_not_fit",
+        "the case's targets do not fit the model's outputs for its loss: change targets= "
+        "(same structure and shapes as the outputs) or loss=",
+        message=r"(target|y_true|labels).*(shape|size)|Arguments `target` and `output` must have "
+        r"the same|Received: y_true\.shape|logits and labels must have the same",
+    ),
+    Rule(
         "inputs_do_not_fit",
         "the case's inputs do not fit the model: change the shapes or dtypes in the case's "
         "inputs= (or the model's keras.Input)",
@@ -134,6 +147,15 @@ RULES = (
         r"RandomFourierFeatures|RadialConstraint)'|unexpected keyword argument '(constants|"
         r"time_major|reset_metrics|dynamic)'",
     ),
+)
+
+
+EXPORT_RULE = Rule(
+    "export_failed",
+    "model.export(path, format='tf_saved_model') failed in this backend (under torch it goes "
+    "through torch.export, under JAX through jax2tf): export from a backend where it works, "
+    "or pass input_signature=; the exception names the op or structure it could not trace",
+    message=r".",
 )
 
 
@@ -188,9 +210,10 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
     `jit_only` is True when the same step was re-run without jit in this cell and passed:
     that makes it a compile error whatever the exception says.
     """
-    rule = find_rule(exc)
+    rule = EXPORT_RULE if check == "export" else find_rule(exc)
     message = ANSI_ESCAPE.sub("", str(exc)).strip() or repr(exc)
-    compile_error = jit and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
+    compiled_step = jit and check not in ("save", "export")  # files do not depend on jit
+    compile_error = compiled_step and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
     if jit_only is False:
         compile_error = False
     failure = Failure(

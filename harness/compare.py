@@ -121,3 +121,60 @@ def compare_outputs(names: list[str], reference: list[np.ndarray], got: list[np.
     if len(per_output) > 1:
         result["outputs"] = per_output
     return result
+
+
+#: False-alarm rate of each two-sample test of laws (distributions).
+LAW_ALPHA = 1e-3
+MIN_LAW_SAMPLES = 32
+
+
+def compare_laws(name: str, reference: np.ndarray, got: np.ndarray) -> dict:
+    """Compare the distributions of two samples of random draws: two-sample Kolmogorov-Smirnov
+    at a false-alarm rate of LAW_ALPHA, plus the first two moments for the record."""
+    from scipy import stats
+
+    reference = np.asarray(reference, np.float64).ravel()
+    got = np.asarray(got, np.float64).ravel()
+    reference, got = reference[np.isfinite(reference)], got[np.isfinite(got)]
+    result = {"output": name, "compared": "distribution", "n": int(got.size),
+              "mean": float(got.mean()) if got.size else None,
+              "std": float(got.std()) if got.size else None,
+              "reference_mean": float(reference.mean()) if reference.size else None,
+              "reference_std": float(reference.std()) if reference.size else None}
+    if min(reference.size, got.size) < MIN_LAW_SAMPLES:
+        return {**result, "status": PASS,
+                "note": f"fewer than {MIN_LAW_SAMPLES} draws: too few to compare laws"}
+    if np.ptp(reference) == 0 and np.ptp(got) == 0:
+        same = reference[0] == got[0]
+        return {**result, "status": PASS if same else MISMATCH,
+                **({} if same else {"message": f"{name}: constant {got[0]:.7g}, reference {reference[0]:.7g}"})}
+    test = stats.ks_2samp(reference, got)
+    result.update(ks_statistic=float(test.statistic), ks_pvalue=float(test.pvalue), alpha=LAW_ALPHA)
+    if test.pvalue < LAW_ALPHA:
+        result.update(status=MISMATCH, message=(
+            f"{name}: the law of the draws differs from the reference cell's (KS p={test.pvalue:.2g} "
+            f"< {LAW_ALPHA:g}; mean {result['mean']:.4g} vs {result['reference_mean']:.4g}, std "
+            f"{result['std']:.4g} vs {result['reference_std']:.4g})"))
+    else:
+        result["status"] = PASS
+    return result
+
+
+def compare_weight_sets(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
+                        rtol: float | None, atol: float | None) -> dict:
+    """Weights by variable path, each within its dtype's tolerance; the worst figures."""
+    per_path = [compare_arrays(path, reference[path], got[path], str(reference[path].dtype), rtol, atol)
+                for path in reference if path in got]
+    result = {"status": PASS, "variables": len(per_path)}
+    for key in ("max_abs_err", "max_rel_err"):
+        values = [r[key] for r in per_path if key in r]
+        if values:
+            result[key] = max(values)
+    bad = [r for r in per_path if r["status"] != PASS]
+    missing = [p for p in reference if p not in got]
+    if bad or missing:
+        worst = max(bad, key=lambda r: r.get("max_abs_err", np.inf)) if bad else {}
+        messages = [r["message"] for r in bad[:3]] + ([f"missing: {', '.join(missing[:3])}"] if missing else [])
+        result.update(status=MISMATCH, message="; ".join(messages),
+                      **{f"worst_{k}": worst[k] for k in ("output", "worst_index") if k in worst})
+    return result

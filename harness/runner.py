@@ -1,13 +1,15 @@
 """Runs one case in one cell, inside a worker process whose backend is already imported.
 
 The runner builds the case's object, records its variables, loads the reference weights,
-computes outputs with jit on or off, and writes arrays to `.npz` files. It compares nothing:
-the pytest process compares every cell against the reference, so the comparison rules live
-in one place (`harness.compare`).
+computes outputs with jit on or off, trains, saves and exports, and writes every array to
+`.npz` files. It compares only what a cell can judge alone (round trips within the cell,
+reproducibility); every comparison across cells happens in the pytest process
+(`harness.session`, `harness.compare`), so the rules live in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -20,9 +22,13 @@ import numpy as np
 
 from harness import arrays, classify
 from harness.cells import Cell
-from harness.statuses import ERROR, PASS, SKIP
+from harness.statuses import ERROR, MISMATCH, PASS, SKIP
 
 STEADY_REPEATS = 5
+TRAIN_STEPS = 4
+LEARNING_RATE = 0.01
+RANDOM_FUNCTIONS = ("normal", "uniform", "categorical", "randint", "truncated_normal", "dropout",
+                    "shuffle", "gamma", "binomial", "beta")
 
 
 class StepFailed(Exception):
@@ -56,22 +62,26 @@ def load_case(case_ref: dict):
     return getattr(module, case_ref["attr"])
 
 
-class LayerAsModel:
-    """Wraps a built layer in a keras.Model so jit on/off goes through Keras' own compiled paths."""
+def wrap_layer(layer, inputs):
+    """A built layer inside a functional keras.Model of the inputs' exact shapes, so jit on/off,
+    training, saving and export go through Keras' own paths, and the file needs no wrapper class."""
+    import keras
 
-    @staticmethod
-    def wrap(layer):
-        import keras
+    symbolic = keras.tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=str(x.dtype)), inputs)
+    return keras.Model(symbolic, layer(symbolic), name=f"{layer.name}_model")
 
-        class _LayerModel(keras.Model):
-            def __init__(self, inner):
-                super().__init__(name=f"{inner.name}_as_model")
-                self.inner = inner
 
-            def call(self, inputs):
-                return self.inner(inputs)
-
-        return _LayerModel(layer)
+def float_array_kind(value) -> str | None:
+    """'numpy', 'jax', 'torch' or 'tensorflow' for a floating-point array of that library."""
+    library = type(value).__module__.split(".")[0]
+    if library == "jaxlib":
+        library = "jax"
+    if library not in ("numpy", "jax", "torch", "tensorflow") or not hasattr(value, "shape"):
+        return None
+    dtype = getattr(value, "dtype", None)
+    name = getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
+    return library if str(name).startswith(("float", "bfloat")) else None
 
 
 def backend_jit(fn, backend: str):
@@ -112,6 +122,75 @@ def synchronize(backend: str, device: str) -> None:
         torch.cuda.synchronize()
 
 
+def same_tree(a, b) -> bool:
+    """Bit-for-bit equality of two structures of arrays (NaN equal to NaN)."""
+    _, left = arrays.flatten(a)
+    _, right = arrays.flatten(b)
+    return len(left) == len(right) and all(
+        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc")
+        for x, y in zip(left, right))
+
+
+@contextlib.contextmanager
+def recording_random_use():
+    """Notes whether any keras.random draw happens inside the block (eager or while tracing)."""
+    from keras.src import backend
+
+    module = backend.random
+    used = {"any": False}
+    originals = {name: getattr(module, name) for name in RANDOM_FUNCTIONS if hasattr(module, name)}
+
+    def wrap(fn):
+        def recorded(*args, **kwargs):
+            used["any"] = True
+            return fn(*args, **kwargs)
+        return recorded
+
+    for name, fn in originals.items():
+        setattr(module, name, wrap(fn))
+    try:
+        yield used
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
+def untracked_state(obj) -> list[str]:
+    """Attributes that hold state Keras does not track: framework variables and raw arrays."""
+    import keras
+
+    found = []
+    layers = list(obj._flatten_layers()) if hasattr(obj, "_flatten_layers") else [obj]
+    for layer in layers:
+        for attr, value in vars(layer).items():
+            if attr.startswith("_") or isinstance(value, keras.Variable):
+                continue
+            library = type(value).__module__.split(".")[0]
+            name = type(value).__name__
+            if library == "tensorflow" and "Variable" in name:
+                found.append(f"{layer.name}.{attr} is a tf.Variable")
+            elif library == "torch" and (name == "Parameter" or getattr(value, "requires_grad", False)):
+                found.append(f"{layer.name}.{attr} is a torch.nn.Parameter")
+            elif float_array_kind(value) and int(np.prod(tuple(value.shape))) > 1:
+                found.append(f"{layer.name}.{attr} is a raw {float_array_kind(value)} array "
+                             f"of shape {tuple(int(d) for d in value.shape)}")
+    return found
+
+
+def custom_objects_of(obj) -> dict:
+    """Classes of the object and its layers that `load_model` cannot find by itself."""
+    import keras
+
+    objects = {}
+    layers = list(obj._flatten_layers()) if hasattr(obj, "_flatten_layers") else [obj]
+    for layer in layers:
+        cls = type(layer)
+        if not cls.__module__.startswith("keras."):
+            objects[cls.__name__] = cls
+            objects[keras.saving.get_registered_name(cls)] = cls
+    return objects
+
+
 class CellRun:
     def __init__(self, request: dict, backend: str, device: str):
         self.request = request
@@ -119,6 +198,7 @@ class CellRun:
         self.backend = backend
         self.device = device
         self.out_dir = request["out_dir"]
+        self.wanted = request["checks"]
         self.checks: dict[str, dict] = {}
         self.failure: classify.Failure | None = None
         self.timings: dict[str, float] = {}
@@ -143,14 +223,23 @@ class CellRun:
                                                 jit=self.cell.jit, jit_only=jit_only)
             raise StepFailed(status, failure) from exc
 
-    def run(self) -> dict:
-        wanted = self.request["checks"]
+    def optional_check(self, check: str, fn) -> None:
+        """A check whose failure does not stop the others (save, export, train, rng)."""
+        if check not in self.wanted:
+            return
         try:
-            self.run_checks(wanted)
+            fn()
+        except StepFailed as failed:
+            self.checks[check] = {"status": failed.status}
+            self.failure = self.failure or failed.failure
+
+    def run(self) -> dict:
+        try:
+            self.run_checks()
         except StepFailed as failed:
             self.checks.setdefault(failed.failure.check, {})["status"] = failed.status
             self.failure = self.failure or failed.failure
-            for check in wanted:
+            for check in self.wanted:
                 self.checks.setdefault(check, {"status": SKIP, "reason": f"{failed.failure.check} failed"})
         return {
             "type": "cell_result",
@@ -161,19 +250,20 @@ class CellRun:
             "weights_loaded": self.weights_loaded,
         }
 
-    def run_checks(self, wanted: list[str]) -> None:
+    def make(self, case):
         import keras
 
+        keras.backend.clear_session()  # variable paths must not carry name counters
+        keras.utils.set_random_seed(self.request["seed"])
+        return case.factory()
+
+    def run_checks(self) -> None:
         case = self.step("build", "import", lambda: load_case(self.request["case"]))
         inputs = arrays.load_tree(self.request["inputs"])
-
-        def make():
-            keras.backend.clear_session()  # variable paths must not carry name counters
-            keras.utils.set_random_seed(self.request["seed"])
-            return case.factory()
+        self.case, self.inputs = case, inputs
 
         t0 = time.perf_counter()
-        obj = self.step("build", "factory", make)
+        obj = self.step("build", "factory", lambda: self.make(case))
         kind = self.kind_of(obj)
         if kind is None:
             raise StepFailed(ERROR, classify.Failure(
@@ -181,34 +271,24 @@ class CellRun:
                 message=f"the factory returned {type(obj).__name__}",
                 hint="return a keras.Model, a keras.layers.Layer or a callable built from keras.ops"))
         self.step("build", "build", lambda: self.build(obj, kind, inputs))
-        variables = self.variables(obj, kind)
         self.timings["build_s"] = time.perf_counter() - t0
-        self.checks["build"] = {"status": PASS, "variables": variables}
-
+        self.checks["build"] = {"status": PASS, "variables": self.variables(obj, kind)}
+        self.check_untracked_state(obj, kind)
         self.step("build", "weights", lambda: self.exchange_weights(obj, kind))
+        self.obj, self.kind = obj, kind
 
-        if "outputs" in wanted or "timing" in wanted:
-            predict = self.step("outputs", "compile", lambda: self.predictor(obj, kind, jit=self.cell.jit))
-            eager = lambda: self.predictor(obj, kind, jit=False)(inputs)  # noqa: E731
-            t0 = time.perf_counter()
-            outputs = self.step("outputs", "predict", lambda: predict(inputs), jit_retry=eager)
-            synchronize(self.backend, self.device)
-            self.timings["predict_first_s"] = time.perf_counter() - t0
-            path = os.path.join(self.out_dir, "outputs.npz")
-            dtypes = arrays.save_tree(path, outputs)
-            if "outputs" in wanted:
-                self.checks["outputs"] = {"status": PASS, "file": path, "dtypes": dtypes}
-            if "timing" in wanted:
-                steady = []
-                for _ in range(STEADY_REPEATS):
-                    t0 = time.perf_counter()
-                    predict(inputs)
-                    synchronize(self.backend, self.device)
-                    steady.append(time.perf_counter() - t0)
-                self.timings["predict_median_s"] = statistics.median(steady)
-                self.checks["timing"] = {"status": PASS}
+        outputs = self.check_outputs(obj, kind, inputs)
+        if kind == "function":
+            for check in ("train", "save", "export"):
+                if check in self.wanted:
+                    self.checks[check] = {"status": SKIP, "reason": "a plain function has no weights"}
+        else:
+            self.optional_check("save", lambda: self.check_save(case, obj, kind, inputs))
+            self.optional_check("export", lambda: self.check_export(obj, kind))
+            self.optional_check("train", lambda: self.check_train(obj, kind, inputs, outputs))
+        self.optional_check("rng", lambda: self.check_rng(case, inputs))
 
-    # -- helpers -----------------------------------------------------------------------
+    # -- build -------------------------------------------------------------------------
 
     @staticmethod
     def kind_of(obj) -> str | None:
@@ -224,10 +304,8 @@ class CellRun:
 
     @staticmethod
     def build(obj, kind: str, inputs) -> None:
-        if kind in ("model", "layer") and not obj.built:
+        if kind == "layer" or (kind == "model" and not obj.built):
             obj(inputs)
-        elif kind == "layer":
-            obj(inputs)  # a layer built ahead (layer.build) is still called once to check it
 
     @staticmethod
     def variables(obj, kind: str) -> list[dict]:
@@ -238,12 +316,25 @@ class CellRun:
             for v in obj.weights
         ]
 
+    def check_untracked_state(self, obj, kind: str) -> None:
+        if kind == "function":
+            return
+        found = untracked_state(obj)
+        if found:
+            raise StepFailed(ERROR, classify.Failure(
+                check="build", phase="build", kind="untracked_state", exception=None,
+                message="state Keras does not track (it is not trained, saved or loaded): "
+                        + "; ".join(found),
+                hint=classify.UNTRACKED_STATE_HINT))
+
     def exchange_weights(self, obj, kind: str) -> None:
-        """The reference cell writes its initial weights; every other cell loads them."""
+        """The reference cell writes its initial weights; every other cell keeps a copy of its
+        own (their law is compared in the rng check) and loads the reference's."""
         if kind == "function":
             return
         import keras
 
+        own = {v.path: np.asarray(keras.ops.convert_to_numpy(v.value)) for v in obj.weights}
         save_to, load_from = self.request.get("save_weights_to"), self.request.get("load_weights_from")
         if save_to:
             paths = [v.path for v in obj.weights]
@@ -252,9 +343,9 @@ class CellRun:
                 raise ValueError(
                     f"variable paths {duplicated} occur more than once, so weights cannot be "
                     f"matched across backends by path; give the variables distinct names")
-            arrays.save_weights(save_to, {v.path: np.asarray(keras.ops.convert_to_numpy(v.value))
-                                          for v in obj.weights})
+            arrays.save_weights(save_to, own)
         if load_from:
+            arrays.save_weights(os.path.join(self.out_dir, "initial_weights.npz"), own)
             reference = arrays.load_weights(load_from)
             missing = [v.path for v in obj.weights if v.path not in reference]
             if missing:
@@ -267,6 +358,8 @@ class CellRun:
                 v.assign(np.array(reference[v.path]))  # out of the read-only memory map
             self.weights_loaded = True
 
+    # -- outputs and timing ------------------------------------------------------------
+
     def predictor(self, obj, kind: str, *, jit: bool):
         if kind == "function":
             fn = backend_jit(obj, self.backend) if jit else obj
@@ -277,7 +370,7 @@ class CellRun:
                 return to_numpy_tree(call_function(fn, tensors))
 
             return run
-        model = obj if kind == "model" else LayerAsModel.wrap(obj)
+        model = obj if kind == "model" else wrap_layer(obj, self.inputs)
         model.compile(jit_compile=jit)
         if jit and not model.jit_compile:
             self.notes.append(
@@ -285,3 +378,204 @@ class CellRun:
                 "False): the jit cell ran without a compiler")
         model.make_predict_function(force=True)
         return lambda inputs: model.predict_on_batch(inputs)
+
+    def check_outputs(self, obj, kind: str, inputs):
+        predict = self.step("outputs", "compile", lambda: self.predictor(obj, kind, jit=self.cell.jit))
+        eager = lambda: self.predictor(obj, kind, jit=False)(inputs)  # noqa: E731
+        with recording_random_use() as random_use:
+            t0 = time.perf_counter()
+            outputs = self.step("outputs", "predict", lambda: predict(inputs), jit_retry=eager)
+            synchronize(self.backend, self.device)
+            self.timings["predict_first_s"] = time.perf_counter() - t0
+            second = self.step("outputs", "predict", lambda: predict(inputs))
+        self.uses_random = random_use["any"]
+        if kind != "function" and len(obj.weights) != len(self.checks["build"]["variables"]):
+            new = [v.path for v in obj.weights][len(self.checks["build"]["variables"]):]
+            raise StepFailed(ERROR, classify.Failure(
+                check="build", phase="predict", kind="state_created_in_call", exception=None,
+                message=f"variables created while predicting, after the object was built: {new}",
+                hint=classify.UNTRACKED_STATE_HINT))
+        path = os.path.join(self.out_dir, "outputs.npz")
+        dtypes = arrays.save_tree(path, outputs)
+        result = {"status": PASS, "file": path, "dtypes": dtypes, "random": self.uses_random}
+        if self.uses_random:
+            # Draws differ per backend: the pytest process compares laws, not values.
+            result["draws_advance"] = not same_tree(outputs, second)
+            arrays.save_tree(os.path.join(self.out_dir, "outputs_second.npz"), second)
+        if "outputs" in self.wanted:
+            self.checks["outputs"] = result
+        if "timing" in self.wanted:
+            steady = []
+            for _ in range(STEADY_REPEATS):
+                t0 = time.perf_counter()
+                predict(inputs)
+                synchronize(self.backend, self.device)
+                steady.append(time.perf_counter() - t0)
+            self.timings["predict_median_s"] = statistics.median(steady)
+            self.checks["timing"] = {"status": PASS}
+        self.outputs_result = result
+        return outputs
+
+    # -- train -------------------------------------------------------------------------
+
+    def targets_for(self, outputs):
+        path = self.request.get("targets")
+        if path:
+            return arrays.load_tree(path)
+        rng = np.random.default_rng(self.request["seed"] + 1)
+        import keras
+
+        return keras.tree.map_structure(
+            lambda o: rng.normal(size=o.shape).astype(o.dtype) if o.dtype.kind == "f" else np.zeros_like(o),
+            outputs)
+
+    def check_train(self, obj, kind: str, inputs, outputs) -> None:
+        import keras
+
+        model = obj if kind == "model" else wrap_layer(obj, inputs)
+        targets = self.targets_for(outputs)
+
+        def compile_model():
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+                          loss=self.case.loss, jit_compile=self.cell.jit)
+
+        def eager_step():
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+                          loss=self.case.loss, jit_compile=False)
+            model.train_on_batch(inputs, targets)
+
+        self.step("train", "compile", compile_model)
+        losses, times = [], []
+        for i in range(TRAIN_STEPS):
+            t0 = time.perf_counter()
+            loss = self.step("train", "train_step", lambda: model.train_on_batch(inputs, targets),
+                             jit_retry=eager_step if i == 0 else None)
+            synchronize(self.backend, self.device)
+            times.append(time.perf_counter() - t0)
+            losses.append(float(np.asarray(loss).reshape(-1)[0]))
+        self.timings["train_first_s"] = times[0]
+        self.timings["train_median_s"] = statistics.median(times[1:])
+        path = os.path.join(self.out_dir, "trained_weights.npz")
+        arrays.save_weights(path, {v.path: np.asarray(keras.ops.convert_to_numpy(v.value))
+                                   for v in model.weights})
+        self.checks["train"] = {"status": PASS, "losses": losses, "file": path, "steps": TRAIN_STEPS,
+                                "random": self.uses_random}
+
+    # -- save and export ---------------------------------------------------------------
+
+    def check_save(self, case, obj, kind: str, inputs) -> None:
+        """`.keras` and `.weights.h5` round trips must reproduce this cell's outputs exactly.
+
+        Both sides run without jit, so the comparison is bit for bit."""
+        import keras
+
+        model = obj if kind == "model" else wrap_layer(obj, inputs)
+        expected = self.predictor(obj, kind, jit=False)(inputs)
+        keras_path = os.path.join(self.out_dir, "model.keras")
+        self.step("save", "save_keras", lambda: model.save(keras_path))
+        custom = custom_objects_of(model)
+        reloaded = self.step("save", "load_keras", lambda: keras.models.load_model(
+            keras_path, custom_objects=custom, compile=False))
+        round_trips = {}
+        got = self.step("save", "load_keras", lambda: self.predictor(reloaded, "model", jit=False)(inputs))
+        round_trips["keras"] = same_tree(expected, got)
+
+        weights_path = os.path.join(self.out_dir, "model.weights.h5")
+        self.step("save", "save_weights", lambda: model.save_weights(weights_path))
+
+        def reload_weights():
+            fresh = case.factory()
+            self.build(fresh, kind, inputs)
+            fresh_model = fresh if kind == "model" else wrap_layer(fresh, inputs)
+            fresh_model.load_weights(weights_path)
+            return self.predictor(fresh, kind, jit=False)(inputs)
+
+        round_trips["weights_h5"] = same_tree(expected, self.step("save", "load_weights", reload_weights))
+        arrays.save_tree(os.path.join(self.out_dir, "outputs_nojit.npz"), expected)
+        bad = [name for name, ok in round_trips.items() if not ok]
+        self.checks["save"] = {
+            "status": MISMATCH if bad else PASS, "round_trips": round_trips, "file": keras_path,
+            **({"message": f"{', '.join(bad)} round trip changed the outputs"} if bad else {}),
+        }
+
+    def check_export(self, obj, kind: str) -> None:
+        model = obj if kind == "model" else wrap_layer(obj, self.inputs)
+        path = os.path.join(self.out_dir, "saved_model")
+        self.step("export", "export", lambda: model.export(path, format="tf_saved_model", verbose=False))
+        self.checks["export"] = {"status": PASS, "file": path}
+
+    # -- rng ---------------------------------------------------------------------------
+
+    def check_rng(self, case, inputs) -> None:
+        """The same seed in a fresh Keras session gives bit-identical draws."""
+        if not self.uses_random:
+            self.checks["rng"] = {"status": PASS, "random": False}
+            return
+
+        def again():
+            obj = self.make(case)
+            kind = self.kind_of(obj)
+            self.build(obj, kind, inputs)
+            if self.request.get("load_weights_from") and kind != "function":
+                reference = arrays.load_weights(self.request["load_weights_from"])
+                for v in obj.weights:
+                    if v.path in reference:
+                        v.assign(np.array(reference[v.path]))
+            return self.predictor(obj, kind, jit=self.cell.jit)(inputs)
+
+        first = arrays.load_tree(self.outputs_result["file"])
+        repeat = self.step("rng", "reseed", again)
+        reproducible = same_tree(first, repeat)
+        self.checks["rng"] = {
+            "status": PASS if reproducible else MISMATCH, "random": True, "reproducible": reproducible,
+            "draws_advance": self.outputs_result["draws_advance"],
+            **({} if reproducible else {"message": "the same seed in a fresh Keras session gave "
+                                                   "different draws"}),
+        }
+
+
+# -- requests that read other cells' files ---------------------------------------------
+
+def load_saved_models(request: dict) -> dict:
+    """Load `.keras` files saved under other backends and predict on the case's inputs."""
+    import keras
+
+    results = {}
+    inputs = arrays.load_tree(request["inputs"])
+    custom = {}
+    try:
+        case = load_case(request["case"])
+        keras.backend.clear_session()
+        obj = case.factory()
+        custom = custom_objects_of(obj)
+    except Exception:  # noqa: BLE001 - loading may still work without custom objects
+        pass
+    for source, path in request["files"].items():
+        try:
+            model = keras.models.load_model(path, custom_objects=custom, compile=False)
+            model.compile(jit_compile=False)
+            out = os.path.join(request["out_dir"], f"loaded_from_{source}.npz")
+            arrays.save_tree(out, model.predict_on_batch(inputs))
+            results[source] = {"status": PASS, "file": out}
+        except Exception as exc:  # noqa: BLE001
+            _, failure = classify.describe(exc, check="save", phase="load_other_backend", jit=False)
+            results[source] = {"status": ERROR, "failure": failure.to_json()}
+    return {"type": "loaded", "results": results}
+
+
+def reload_exports(request: dict) -> dict:
+    """Reload SavedModels exported under any backend with TFSMLayer (TensorFlow workers only)."""
+    import keras
+
+    results = {}
+    inputs = arrays.load_tree(request["inputs"])
+    for source, path in request["files"].items():
+        try:
+            layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+            out = os.path.join(request["out_dir"], f"export_{source}.npz")
+            arrays.save_tree(out, to_numpy_tree(layer(inputs)))
+            results[source] = {"status": PASS, "file": out}
+        except Exception as exc:  # noqa: BLE001
+            _, failure = classify.describe(exc, check="export", phase="reload_tfsmlayer", jit=False)
+            results[source] = {"status": ERROR, "failure": failure.to_json()}
+    return {"type": "reloaded", "results": results}

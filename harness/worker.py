@@ -79,7 +79,7 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
-    from harness.runner import CellRun  # imports numpy only; keras is already imported
+    from harness.runner import CellRun, load_saved_models, reload_exports
 
     while True:
         try:
@@ -90,6 +90,10 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
             return
         if request["type"] == "run_cell":
             reply = CellRun(request, backend, device).run()
+        elif request["type"] == "load_saved":
+            reply = load_saved_models(request)
+        elif request["type"] == "reload_exports":
+            reply = reload_exports(request)
         else:
             reply = {"type": "error", "message": f"unknown request {request['type']!r}"}
         send(conn_out, reply)

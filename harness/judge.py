@@ -1,0 +1,339 @@
+"""From the workers' replies for one case to one record per cell.
+
+Every comparison between cells happens here, in the pytest process, with numpy only: a cell
+against the reference cell (variables, outputs, training, laws of initial weights), a jit
+cell against its nojit sibling (seeded draws), and the cross-backend save and export files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from harness import arrays, compare
+from harness.case import Case
+from harness.cells import Cell, CellPlan
+from harness.pool import Outcome, WorkerPool
+from harness.statuses import MISMATCH, PASS, SKIP, XFAIL, is_failure, worst
+
+CRASH_HINT = ("the worker process died in this cell (a segfault in native code, an abort, or "
+              "the out-of-memory killer); its log tail is in the record, and the next cell of "
+              "this backend ran in a fresh worker")
+TIMEOUT_HINT = ("raise --keras-timeout if the cell is only slow (torch.compile can take "
+                "minutes on CPU), or look for a hang in the log tail")
+SEED_GENERATOR_HINT = (
+    "a layer passes a Python int seed to keras.random: a compiled call bakes the first seed in, "
+    "so every call repeats the same draws. Hold a keras.random.SeedGenerator(seed) in "
+    "__init__ and pass it as seed=")
+NOT_RUN = {"status": SKIP, "reason": "not run"}
+INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws_advance")
+
+
+@dataclasses.dataclass
+class CaseReplies:
+    """Everything the workers answered for one case."""
+
+    file_cells: dict[tuple[str, str], Cell]
+    outcomes: dict[Cell, Outcome] = dataclasses.field(default_factory=dict)
+    loaded: dict[Cell, Outcome] = dataclasses.field(default_factory=dict)
+    reloaded: Outcome | None = None
+
+    def reply(self, cell: Cell) -> dict | None:
+        outcome = self.outcomes.get(cell)
+        return outcome.reply if outcome else None
+
+    def check(self, cell: Cell, name: str) -> dict:
+        reply = self.reply(cell)
+        return (reply or {}).get("checks", {}).get(name, {})
+
+    def files(self, check: str) -> dict[Cell, str]:
+        """The file each cell's `check` wrote (its .keras file, its SavedModel), where it passed."""
+        return {cell: self.check(cell, check)["file"] for cell in self.file_cells.values()
+                if self.check(cell, check).get("status") == PASS and "file" in self.check(cell, check)}
+
+    def nojit_outputs(self, cell: Cell) -> str:
+        folder = os.path.dirname(self.check(cell, "outputs").get("file") or "")
+        path = os.path.join(folder, "outputs_nojit.npz")
+        return path if os.path.exists(path) else os.path.join(folder, "outputs.npz")
+
+
+def load(path: str):
+    skeleton, leaves = arrays.load_leaves(path)
+    return arrays.leaf_names(skeleton), leaves
+
+
+class Judge:
+    def __init__(self, case: Case, case_ref, plan: CellPlan, pool: WorkerPool):
+        self.case = case
+        self.case_ref = case_ref
+        self.plan = plan
+        self.pool = pool
+        self.wanted = case.wanted_checks()
+
+    # -- records without a reply -------------------------------------------------------
+
+    def base_record(self, cell: Cell) -> dict:
+        return {
+            "case": self.case_ref.id, "cell": cell.id, "backend": cell.backend, "device": cell.device,
+            "jit": cell.jit, "reference": self.plan.reference.id, "status": PASS, "checks": {},
+            "failure": None, "timings": {}, "notes": [], "versions": self.pool.versions(cell.worker_key),
+        }
+
+    def skip_record(self, cell: Cell, reason: str) -> dict:
+        record = self.base_record(cell)
+        record.update(status=SKIP, skip_reason=reason, checks={c: {"status": SKIP} for c in self.wanted})
+        return record
+
+    def input_error_record(self, cell: Cell, exc: Exception) -> dict:
+        record = self.base_record(cell)
+        record["checks"] = {c: {"status": SKIP} for c in self.wanted}
+        record["checks"]["build"] = {"status": "error"}
+        record["status"] = "error"
+        record["failure"] = {
+            "check": "build", "phase": "inputs", "kind": "bad_inputs",
+            "exception": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc),
+            "hint": f"the inputs or targets of case {self.case_ref.id} could not be made: fix "
+                    f"inputs=/targets= (an array, tuple/list/dict of arrays, harness.spec, or rng -> those)",
+        }
+        return self.apply_xfail(cell, record)
+
+    # -- a cell's record ---------------------------------------------------------------
+
+    def cell_record(self, cell: Cell, replies: CaseReplies) -> dict:
+        outcome = replies.outcomes[cell]
+        record = self.base_record(cell)
+        if outcome.reply is None:
+            if outcome.status == SKIP:
+                return self.skip_record(cell, outcome.message)
+            record["checks"] = {c: {"status": outcome.status} for c in self.wanted}
+            record["failure"] = {
+                "check": None, "phase": "worker", "kind": outcome.status, "exception": None,
+                "message": outcome.message,
+                "hint": {"crash": CRASH_HINT, "timeout": TIMEOUT_HINT}.get(outcome.status),
+                "log_tail": outcome.log_tail,
+            }
+        else:
+            reply = outcome.reply
+            # Copies: the reply's own dicts are read again for other cells.
+            record["checks"] = {c: dict(reply["checks"].get(c, NOT_RUN)) for c in self.wanted}
+            record["timings"] = reply.get("timings", {})
+            record["notes"] = list(reply.get("notes", []))
+            if reply.get("failure"):
+                record["failure"] = {**reply["failure"], "log_tail": outcome.log_tail}
+            if cell != self.plan.reference:
+                self.compare_with_reference(cell, record, replies)
+            self.compare_with_sibling(cell, record, replies)
+            self.judge_files(cell, record, replies)
+            for check in record["checks"].values():
+                for key in INTERNAL_KEYS:
+                    check.pop(key, None)
+        record["status"] = worst(c["status"] for c in record["checks"].values())
+        return self.apply_xfail(cell, record)
+
+    def compare_with_reference(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        checks, reference = record["checks"], self.plan.reference
+        ref_status = replies.check(reference, "build").get("status")
+        unavailable = {"status": SKIP, "reason": f"the reference cell {reference.id} did not get "
+                                                 f"this far: nothing to compare against"}
+        mine = replies.reply(cell)
+
+        if checks.get("build", {}).get("status") == PASS:
+            checks["build"] = (compare.compare_variables(replies.check(reference, "build")["variables"],
+                                                         replies.check(cell, "build")["variables"])
+                               if ref_status == PASS else dict(unavailable))
+        comparable = mine.get("weights_loaded") is not False
+        not_loaded = {"status": SKIP, "reason": "the reference weights could not be loaded "
+                                                "(variable paths differ: see the build check)"}
+
+        if checks.get("outputs", {}).get("status") == PASS:
+            ref_outputs = replies.check(reference, "outputs")
+            if ref_outputs.get("status") != PASS:
+                checks["outputs"] = dict(unavailable)
+            elif not comparable:
+                checks["outputs"] = dict(not_loaded)
+            else:
+                checks["outputs"] = self.compare_outputs(ref_outputs, replies.check(cell, "outputs"), record)
+
+        if checks.get("train", {}).get("status") == PASS:
+            ref_train, train = replies.check(reference, "train"), replies.check(cell, "train")
+            if ref_train.get("status") != PASS:
+                checks["train"] = dict(unavailable)
+            elif not comparable:
+                checks["train"] = dict(not_loaded)
+            elif ref_train.get("random") or train.get("random"):
+                checks["train"] = {**checks["train"], "status": SKIP, "reason": (
+                    "training draws random numbers (dropout, noise), which differ per backend: "
+                    "losses and weights are not compared across backends")}
+            else:
+                checks["train"] = self.compare_training(ref_train, train)
+
+        if checks.get("rng", {}).get("status") == PASS:
+            self.compare_initializer_laws(cell, record, replies)
+
+    def compare_outputs(self, ref_outputs: dict, outputs: dict, record: dict) -> dict:
+        names, ref_leaves = load(ref_outputs["file"])
+        _, leaves = load(outputs["file"])
+        if not (ref_outputs.get("random") or outputs.get("random")):
+            return compare.compare_outputs(names, ref_leaves, leaves, ref_outputs["dtypes"],
+                                           outputs["dtypes"], self.case.rtol, self.case.atol)
+        # Random at inference: each backend draws its own numbers; compare the laws of the
+        # draws (both calls pooled), never the values.
+        record["notes"].append("outputs draw random numbers at inference: compared by "
+                               "distribution (two-sample KS test), not by value")
+        pooled = []
+        for out in (ref_outputs, outputs):
+            folder = os.path.dirname(out["file"])
+            second = os.path.join(folder, "outputs_second.npz")
+            first_leaves = load(out["file"])[1]
+            second_leaves = load(second)[1] if os.path.exists(second) else []
+            pooled.append([np.concatenate([first.ravel(), second.ravel()])
+                           for first, second in zip(first_leaves, second_leaves or first_leaves)])
+        per_output = [compare.compare_laws(n, r, g) for n, r, g in zip(names, *pooled)]
+        bad = [o for o in per_output if o["status"] != PASS]
+        result = {"status": MISMATCH if bad else PASS, "compared": "distribution", "outputs": per_output}
+        if bad:
+            result["message"] = "; ".join(o["message"] for o in bad)
+        return result
+
+    def compare_training(self, ref_train: dict, train: dict) -> dict:
+        losses = compare.compare_arrays("loss per step", np.array(ref_train["losses"]),
+                                        np.array(train["losses"]), "float32", self.case.rtol, self.case.atol)
+        weights = compare.compare_weight_sets(arrays.load_weights(ref_train["file"]),
+                                              arrays.load_weights(train["file"]), self.case.rtol, self.case.atol)
+        result = {"status": worst([losses["status"], weights["status"]]), "steps": train["steps"],
+                  "losses": train["losses"], "reference_losses": ref_train["losses"],
+                  "loss_max_abs_err": losses.get("max_abs_err"),
+                  "max_abs_err": weights.get("max_abs_err"), "max_rel_err": weights.get("max_rel_err")}
+        messages = [m for m in (losses.get("message"), weights.get("message")) if m]
+        if messages:
+            result["message"] = "after training, " + "; ".join(messages)
+        return result
+
+    def compare_initializer_laws(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        """Each cell's own initial weights must follow the same law as the reference's."""
+        folder = os.path.dirname(replies.check(cell, "outputs").get("file") or "")
+        own_path = os.path.join(folder, "initial_weights.npz")
+        ref_path = os.path.join(os.path.dirname(folder), "reference_weights.npz")
+        if not (os.path.exists(own_path) and os.path.exists(ref_path)):
+            return
+        reference, own = arrays.load_weights(ref_path), arrays.load_weights(own_path)
+        laws = [compare.compare_laws(path, reference[path], own[path]) for path in reference if path in own]
+        bad = [law for law in laws if law["status"] != PASS]
+        rng = record["checks"]["rng"]
+        rng["initializers_compared"] = sum("ks_pvalue" in law for law in laws)
+        if bad:
+            rng.update(status=MISMATCH, initializer_laws=bad,
+                       message="initial weights follow a different law than the reference "
+                               "cell's: " + "; ".join(law["message"] for law in bad[:3]))
+
+    def compare_with_sibling(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        """A jit cell's seeded draws against its nojit sibling's, in the same backend."""
+        rng = record["checks"].get("rng")
+        sibling = Cell(cell.backend, cell.device, False)
+        if not cell.jit or rng is None or rng.get("status") != PASS:
+            return
+        mine, theirs = replies.check(cell, "rng"), replies.check(sibling, "rng")
+        if not (mine.get("random") and theirs.get("random")):
+            return
+        if theirs.get("draws_advance") and not mine.get("draws_advance"):
+            rng.update(status=MISMATCH, message=(
+                f"eager calls ({sibling.id}) draw new numbers each call, but compiled calls repeat "
+                f"the same draws"), seed_footgun=True)
+            record["failure"] = record["failure"] or {
+                "check": "rng", "phase": "compare_jit_eager", "kind": "python_int_seed",
+                "exception": None, "message": rng["message"], "hint": SEED_GENERATOR_HINT}
+            return
+        names, first = load(replies.check(cell, "outputs")["file"])
+        _, eager_first = load(replies.check(sibling, "outputs")["file"])
+        if all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, eager_first)):
+            rng["jit_matches_eager"] = "values"
+            return
+        laws = [compare.compare_laws(n, e, f) for n, e, f in zip(names, eager_first, first)]
+        bad = [law for law in laws if law["status"] != PASS]
+        rng["jit_matches_eager"] = "distribution"
+        record["notes"].append(f"seeded draws differ between jit and eager in {cell.backend} "
+                               f"(its compiler has its own RNG); compared by distribution")
+        if bad:
+            rng.update(status=MISMATCH, message="jit draws follow a different law than eager: "
+                                                + "; ".join(law["message"] for law in bad))
+
+    # -- save and export across backends -----------------------------------------------
+
+    def judge_files(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        checks = record["checks"]
+        file_cell = replies.file_cells.get(cell.worker_key)
+        for name in ("save", "export"):
+            if name in checks and file_cell != cell:
+                checks[name] = {"status": SKIP, "reason": f"{name} does not depend on jit: it ran "
+                                                          f"once, in {file_cell.id if file_cell else 'no cell'}"}
+        if checks.get("save", {}).get("status") == PASS and cell in replies.loaded:
+            checks["save"] = self.judge_loads(checks["save"], replies.loaded[cell], replies)
+        if checks.get("export", {}).get("status") == PASS:
+            checks["export"] = self.judge_export(cell, checks["export"], replies)
+
+    def judge_loads(self, save: dict, outcome: Outcome, replies: CaseReplies) -> dict:
+        """This backend loaded the .keras files of the others: each must match its saver."""
+        save = dict(save)
+        if outcome.reply is None:
+            save.update(status=outcome.status, message=f"loading other backends' files: {outcome.message}")
+            return save
+        matrix = {}
+        by_id = {c.id: c for c in replies.file_cells.values()}
+        for source, result in outcome.reply["results"].items():
+            if result["status"] != PASS:
+                matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
+                                  "hint": result["failure"].get("hint")}
+                continue
+            names, expected = load(replies.nojit_outputs(by_id[source]))
+            _, got = load(result["file"])
+            dtypes = [str(a.dtype) for a in expected]
+            verdict = compare.compare_outputs(names, expected, got, dtypes, [str(a.dtype) for a in got],
+                                              self.case.rtol, self.case.atol)
+            matrix[source] = {k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict}
+        save["loaded_from"] = matrix
+        bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
+        if bad:
+            save["status"] = worst(r["status"] for r in bad.values())
+            save["message"] = "; ".join(f".keras saved under {s}: {r.get('message', r['status'])}"
+                                        for s, r in bad.items())
+        return save
+
+    def judge_export(self, cell: Cell, export: dict, replies: CaseReplies) -> dict:
+        export = dict(export)
+        outcome = replies.reloaded
+        if outcome is None or outcome.reply is None:
+            if outcome is not None:
+                export.update(status=outcome.status if outcome.status != "skip" else SKIP,
+                              reason=outcome.message)
+            return export
+        result = outcome.reply["results"].get(cell.id)
+        if result is None:
+            return export
+        if result["status"] != PASS:
+            export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
+                          hint=result["failure"].get("hint"))
+            return export
+        names, expected = load(replies.nojit_outputs(cell))
+        _, got = load(result["file"])
+        verdict = compare.compare_outputs(names, expected, got, [str(a.dtype) for a in expected],
+                                          [str(a.dtype) for a in got], self.case.rtol, self.case.atol)
+        export.update({k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict})
+        export["reloaded_with"] = "keras.layers.TFSMLayer in a TensorFlow worker"
+        return export
+
+    # -- declared failures -------------------------------------------------------------
+
+    def apply_xfail(self, cell: Cell, record: dict) -> dict:
+        """A declared failure that happens is `xfail`; one that does not is kept and flagged."""
+        rule = self.case.xfail_rule(cell.id)
+        if rule is None or record["status"] == SKIP:
+            return record
+        actual = record["status"]
+        met = is_failure(actual) and (rule.status is None or rule.status == actual)
+        record["xfail"] = {"pattern": rule.pattern, "expected": rule.status or "any failure",
+                           "reason": rule.reason, "actual": actual, "met": met}
+        if met:
+            record["status"] = XFAIL
+        return record
