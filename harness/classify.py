@@ -35,8 +35,11 @@ class Rule:
     types: tuple[str, ...] = ()
     message: str | None = None
     compile_failure: bool = False  # a failure of a jit compiler (XLA, tracing, inductor)
+    checks: tuple[str, ...] = ()  # only for failures of these checks (all when empty)
 
-    def matches(self, type_names: list[str], text: str) -> bool:
+    def matches(self, type_names: list[str], text: str, check: str = "") -> bool:
+        if self.checks and check not in self.checks:
+            return False
         if self.types and not any(t in type_names for t in self.types):
             return False
         if self.message is not None and not re.search(self.message, text, re.S):
@@ -44,7 +47,18 @@ class Rule:
         return bool(self.types or self.message)
 
 
+SHAPE_ERROR = (r"Dimensions must be equal|incompatible shapes|must match the size of tensor|"
+               r"shapes .* (are )?incompatible|Incompatible shapes")
+
 RULES = (
+    Rule(
+        "targets_do_not_fit",
+        "the case's targets do not fit the model's outputs for its loss: change targets= "
+        "(same structure and shapes as the outputs) or loss=",
+        message=SHAPE_ERROR + r"|Arguments `target` and `output` must have the same|"
+        r"logits and labels must have the same",
+        checks=("train",),
+    ),
     Rule(
         "xla_unsupported_ops",
         "XLA cannot compile these ops (tf.strings.* and other host-only ops); "
@@ -113,7 +127,7 @@ RULES = (
         "unbuilt_state",
         "state must be created in __init__() or build(), not in call(): implement "
         "build(self, input_shape) that creates the weights and builds every sublayer",
-        message=r"looks like it has unbuilt state|"
+        message=r"looks like it has unbuilt state|You cannot add new elements of state|"
         r"Cannot add (a )?(new )?(variable|weight).*(call|StatelessScope)|"
         r"You are attempting to create a variable in a (JAX )?(stateless|traced)",
     ),
@@ -124,18 +138,19 @@ RULES = (
         message=r"None.*(nested|structure)|(nested|structure).*None",
     ),
     Rule(
-        "targets_do_not_fit",
-        "the case's targets do not fit the model's outputs for its loss: change targets= "
-        "(same structure and shapes as the outputs) or loss=",
-        message=r"(target|y_true|labels).*(shape|size)|Arguments `target` and `output` must have "
-        r"the same|Received: y_true\.shape|logits and labels must have the same",
+        "not_rebuildable",
+        "the saved file cannot rebuild this layer: implement get_config() returning every "
+        "constructor argument, and register the class with "
+        "@keras.saving.register_keras_serializable() (or pass custom_objects= to load_model)",
+        message=r"missing \d+ required (positional|keyword-only) argument|Could not locate class|"
+        r"Unknown layer|could not be deserialized properly|get_config",
     ),
     Rule(
         "inputs_do_not_fit",
         "the case's inputs do not fit the model: change the shapes or dtypes in the case's "
         "inputs= (or the model's keras.Input)",
-        message=r"is incompatible with the layer|expected shape=|Dimensions must be equal|"
-        r"shapes .* (are )?incompatible|mat1 and mat2 shapes cannot be multiplied",
+        message=r"is incompatible with the layer|expected shape=|mat1 and mat2 shapes cannot be "
+        r"multiplied|" + SHAPE_ERROR,
     ),
     Rule(
         "removed_api",
@@ -147,15 +162,14 @@ RULES = (
         r"RandomFourierFeatures|RadialConstraint)'|unexpected keyword argument '(constants|"
         r"time_major|reset_metrics|dynamic)'",
     ),
-)
-
-
-EXPORT_RULE = Rule(
-    "export_failed",
-    "model.export(path, format='tf_saved_model') failed in this backend (under torch it goes "
-    "through torch.export, under JAX through jax2tf): export from a backend where it works, "
-    "or pass input_signature=; the exception names the op or structure it could not trace",
-    message=r".",
+    Rule(
+        "export_failed",
+        "model.export(path, format='tf_saved_model') failed in this backend (under JAX it "
+        "goes through jax2tf, under torch through torch.export): export from a backend where it "
+        "works, or pass input_signature=; the exception names what could not be traced",
+        message=r".",
+        checks=("export",),
+    ),
 )
 
 
@@ -190,7 +204,7 @@ def unsupported_ops(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def find_rule(exc: BaseException) -> Rule | None:
+def find_rule(exc: BaseException, check: str = "") -> Rule | None:
     names = type_names(exc)
     text = f"{exc}"
     cause = exc.__cause__ or exc.__context__
@@ -198,7 +212,7 @@ def find_rule(exc: BaseException) -> Rule | None:
         text += f"\n{cause}"
         names += type_names(cause)
     for rule in RULES:
-        if rule.matches(names, text):
+        if rule.matches(names, text, check):
             return rule
     return None
 
@@ -210,8 +224,11 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
     `jit_only` is True when the same step was re-run without jit in this cell and passed:
     that makes it a compile error whatever the exception says.
     """
-    rule = EXPORT_RULE if check == "export" else find_rule(exc)
+    rule = find_rule(exc, check)
     message = ANSI_ESCAPE.sub("", str(exc)).strip() or repr(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:  # Keras re-raises with its own wording; keep the original's too
+        message += f"\ncaused by {type(cause).__name__}: {ANSI_ESCAPE.sub('', str(cause)).strip()[:1500]}"
     compiled_step = jit and check not in ("save", "export")  # files do not depend on jit
     compile_error = compiled_step and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
     if jit_only is False:

@@ -28,7 +28,7 @@ SEED_GENERATOR_HINT = (
     "so every call repeats the same draws. Hold a keras.random.SeedGenerator(seed) in "
     "__init__ and pass it as seed=")
 NOT_RUN = {"status": SKIP, "reason": "not run"}
-INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws_advance")
+INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws_advance", "eager_draws_advance")
 
 
 @dataclasses.dataclass
@@ -124,6 +124,7 @@ class Judge:
                 record["failure"] = {**reply["failure"], "log_tail": outcome.log_tail}
             if cell != self.plan.reference:
                 self.compare_with_reference(cell, record, replies)
+            self.check_seed_footgun(cell, record, replies)
             self.compare_with_sibling(cell, record, replies)
             self.judge_files(cell, record, replies)
             for check in record["checks"].values():
@@ -228,6 +229,19 @@ class Judge:
                        message="initial weights follow a different law than the reference "
                                "cell's: " + "; ".join(law["message"] for law in bad[:3]))
 
+    def check_seed_footgun(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        """The guide's footgun: eager calls draw anew each call, compiled calls repeat."""
+        rng, mine = record["checks"].get("rng"), replies.check(cell, "rng")
+        if rng is None or not mine.get("random"):
+            return
+        if mine.get("eager_draws_advance") and not mine.get("draws_advance"):
+            rng.update(status=MISMATCH, seed_footgun=True, message=(
+                "eager calls draw new numbers each call, but this cell's compiled calls repeat "
+                "the same draws"))
+            record["failure"] = record["failure"] or {
+                "check": "rng", "phase": "predict", "kind": "python_int_seed",
+                "exception": None, "message": rng["message"], "hint": SEED_GENERATOR_HINT}
+
     def compare_with_sibling(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
         """A jit cell's seeded draws against its nojit sibling's, in the same backend."""
         rng = record["checks"].get("rng")
@@ -236,14 +250,6 @@ class Judge:
             return
         mine, theirs = replies.check(cell, "rng"), replies.check(sibling, "rng")
         if not (mine.get("random") and theirs.get("random")):
-            return
-        if theirs.get("draws_advance") and not mine.get("draws_advance"):
-            rng.update(status=MISMATCH, message=(
-                f"eager calls ({sibling.id}) draw new numbers each call, but compiled calls repeat "
-                f"the same draws"), seed_footgun=True)
-            record["failure"] = record["failure"] or {
-                "check": "rng", "phase": "compare_jit_eager", "kind": "python_int_seed",
-                "exception": None, "message": rng["message"], "hint": SEED_GENERATOR_HINT}
             return
         names, first = load(replies.check(cell, "outputs")["file"])
         _, eager_first = load(replies.check(sibling, "outputs")["file"])
@@ -265,28 +271,29 @@ class Judge:
         checks = record["checks"]
         file_cell = replies.file_cells.get(cell.worker_key)
         for name in ("save", "export"):
-            if name in checks and file_cell != cell:
+            if name in checks and file_cell != cell and checks[name] == NOT_RUN:
                 checks[name] = {"status": SKIP, "reason": f"{name} does not depend on jit: it ran "
                                                           f"once, in {file_cell.id if file_cell else 'no cell'}"}
         if checks.get("save", {}).get("status") == PASS and cell in replies.loaded:
-            checks["save"] = self.judge_loads(checks["save"], replies.loaded[cell], replies)
+            checks["save"] = self.judge_loads(cell, checks["save"], replies.loaded[cell], replies)
         if checks.get("export", {}).get("status") == PASS:
             checks["export"] = self.judge_export(cell, checks["export"], replies)
 
-    def judge_loads(self, save: dict, outcome: Outcome, replies: CaseReplies) -> dict:
-        """This backend loaded the .keras files of the others: each must match its saver."""
+    def judge_loads(self, loader: Cell, save: dict, outcome: Outcome, replies: CaseReplies) -> dict:
+        """This backend loaded the .keras files of the others. Every cell holds the reference's
+        weights, so a file that loads correctly reproduces this cell's own outputs (numerical
+        parity between backends is the outputs check's business, not the file's)."""
         save = dict(save)
         if outcome.reply is None:
             save.update(status=outcome.status, message=f"loading other backends' files: {outcome.message}")
             return save
         matrix = {}
-        by_id = {c.id: c for c in replies.file_cells.values()}
+        names, expected = load(replies.nojit_outputs(loader))
         for source, result in outcome.reply["results"].items():
             if result["status"] != PASS:
                 matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
                                   "hint": result["failure"].get("hint")}
                 continue
-            names, expected = load(replies.nojit_outputs(by_id[source]))
             _, got = load(result["file"])
             dtypes = [str(a.dtype) for a in expected]
             verdict = compare.compare_outputs(names, expected, got, dtypes, [str(a.dtype) for a in got],

@@ -22,7 +22,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 START_TIMEOUT_S = 300.0  # importing a backend takes seconds; a loaded CI machine, longer
-LOG_TAIL_CHARS = 3000
+LOG_TAIL_BYTES = 65536
+LOG_TAIL_LINES = 40
+LOG_LINE_CHARS = 300  # faulthandler's list of extension modules is one very long line
 
 
 def worker_environment(backend: str, device: str) -> dict[str, str]:
@@ -112,8 +114,9 @@ class WorkerProcess:
         try:
             with open(self.log_path, "rb") as f:
                 size = os.path.getsize(self.log_path)
-                f.seek(max(offset, size - LOG_TAIL_CHARS))
-                return f.read().decode(errors="replace")
+                f.seek(max(offset, size - LOG_TAIL_BYTES))
+                lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                return "\n".join(line[:LOG_LINE_CHARS] for line in lines)
         except OSError:
             return ""
 
