@@ -65,12 +65,12 @@ def load(path: str):
 
 
 class Judge:
-    def __init__(self, case: Case, case_ref, plan: CellPlan, pool: WorkerPool):
+    def __init__(self, case: Case, case_ref, plan: CellPlan, pool: WorkerPool, wanted: list[str]):
         self.case = case
         self.case_ref = case_ref
         self.plan = plan
         self.pool = pool
-        self.wanted = case.wanted_checks()
+        self.wanted = wanted
 
     # -- records without a reply -------------------------------------------------------
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness.case import Case
+from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, plan_cells
 from harness.report import ReportWriter
 from harness.session import CaseRef, ParitySession
@@ -33,6 +33,9 @@ OPTIONS = (
      "first cell that can run)"),
     ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md and worker logs"),
     ("keras_timeout", "600", "seconds a cell may take before its worker is killed (timeout)"),
+    ("keras_checks", "all",
+     "checks to run: 'all' or a comma-separated subset of " + ", ".join(ALL_CHECKS)
+     + " (each case runs the ones it declares that are also named here)"),
 )
 
 
@@ -65,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         plan = plan_cells(option(config, "keras_backends"), option(config, "keras_devices"),
                           option(config, "keras_jit"), option(config, "keras_reference") or None)
+        checks = parse_checks(option(config, "keras_checks"))
         timeout = float(option(config, "keras_timeout"))
         if timeout <= 0:
             raise ValueError
@@ -77,7 +81,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # reference cell's results): plain load balancing becomes load balancing by group.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
-    config.pluginmanager.register(ParityPlugin(config, plan, timeout), "keras-parity")
+    config.pluginmanager.register(ParityPlugin(config, plan, timeout, checks), "keras-parity")
+
+
+def parse_checks(value: str) -> tuple[str, ...]:
+    if value.strip() == "all":
+        return ALL_CHECKS
+    checks = tuple(c.strip() for c in value.split(",") if c.strip())
+    unknown = [c for c in checks if c not in ALL_CHECKS]
+    if unknown or not checks:
+        raise UsageError(f"--keras-checks: unknown check(s) {', '.join(unknown) or '(none given)'}; "
+                         f"use 'all' or a comma-separated subset of {', '.join(ALL_CHECKS)}")
+    return checks
 
 
 class CellFailed(Exception):
@@ -148,10 +163,11 @@ def describe_failure(record: dict) -> str:
 class ParityPlugin:
     """The state of one run: the cell plan, the worker pool, and (in the controller) the reports."""
 
-    def __init__(self, config: pytest.Config, plan: CellPlan, timeout: float):
+    def __init__(self, config: pytest.Config, plan: CellPlan, timeout: float, checks: tuple[str, ...]):
         self.config = config
         self.plan = plan
         self.timeout = timeout
+        self.checks = checks
         self.report_dir = os.path.join(config.invocation_params.dir, option(config, "keras_report_dir"))
         self.is_xdist_worker = hasattr(config, "workerinput")
         self.session: ParitySession | None = None
@@ -179,7 +195,7 @@ class ParityPlugin:
     def record(self, item: ParityItem) -> dict:
         if self.session is None:
             log_dir = os.path.join(self.report_dir, "workers")
-            self.session = ParitySession(self.plan, self.timeout, log_dir)
+            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks)
         if self.selected is None:  # the items left after -k, --lf, deselection
             self.selected = {}
             for other in item.session.items:

@@ -99,6 +99,8 @@ def render_markdown(report: dict) -> str:
                        + _worst_error(record))
         lines.append(f"| `{_md_escape(case)}` | " + " | ".join(row) + " |")
 
+    lines += render_save_matrix(cells)
+
     failures = [c for c in cells if c.get("failure") or c["status"] not in ("pass", "skip")]
     if failures:
         lines += ["", "## Failures", ""]
@@ -115,3 +117,22 @@ def render_markdown(report: dict) -> str:
             if c.get("xfail"):
                 lines.append(f"  - declared: {_md_escape(c['xfail']['expected'])} ({_md_escape(c['xfail']['reason'])})")
     return "\n".join(lines) + "\n"
+
+
+def render_save_matrix(cells: list[dict]) -> list[str]:
+    """`.keras` files saved under one cell and loaded under another: case x saver x loader."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    loaders: set[str] = set()
+    for c in cells:
+        for source, result in c.get("checks", {}).get("save", {}).get("loaded_from", {}).items():
+            rows.setdefault((c["case"], source), {})[c["cell"]] = result["status"]
+            loaders.add(c["cell"])
+    if not rows:
+        return []
+    columns = sorted(loaders, key=cell_order)
+    lines = ["", "## .keras files across backends (saved under x loaded under)", "",
+             "| case | saved under | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for (case, source), results in rows.items():
+        lines.append(f"| `{_md_escape(case)}` | {source} | "
+                     + " | ".join(STATUS_MARKS.get(results.get(col, ""), "—") for col in columns) + " |")
+    return lines

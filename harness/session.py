@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from harness import arrays
-from harness.case import Case
+from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
 from harness.judge import CaseReplies, Judge
 from harness.pool import Job, Outcome, WorkerPool
@@ -61,8 +61,10 @@ def file_cells(cells: list[Cell]) -> dict[tuple[str, str], Cell]:
 class ParitySession:
     """Owns the worker pool and the records of every case run in this pytest process."""
 
-    def __init__(self, plan: CellPlan, timeout: float, log_dir: str):
+    def __init__(self, plan: CellPlan, timeout: float, log_dir: str,
+                 checks: tuple[str, ...] = ALL_CHECKS):
         self.plan = plan
+        self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
         self.pool = WorkerPool(log_dir)
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -84,7 +86,8 @@ class ParitySession:
         case_dir = os.path.join(self.work_dir, f"case{self._case_counter}")
         os.makedirs(case_dir)
         reference = self.plan.reference
-        judge = Judge(case, case_ref, self.plan, self.pool)
+        wanted = [c for c in case.wanted_checks() if c in self.checks]
+        judge = Judge(case, case_ref, self.plan, self.pool, wanted)
         for cell in cells:
             if self.plan.skip_reason(cell):
                 self.records[(case_ref.id, cell.id)] = judge.skip_record(cell, self.plan.skip_reason(cell))
@@ -116,7 +119,7 @@ class ParitySession:
                 **common,
                 "type": "run_cell",
                 "cell": cell.id,
-                "checks": [c for c in case.wanted_checks()
+                "checks": [c for c in wanted
                            if c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell],
                 "targets": targets_path,
                 "out_dir": out_dir,

@@ -30,7 +30,7 @@ def relu():
 def test_options_are_listed_in_help(parity):
     run = parity(TWO_CASES, "--help")
     for flag in ("--keras-backends", "--keras-devices", "--keras-jit", "--keras-reference",
-                 "--keras-report-dir", "--keras-timeout"):
+                 "--keras-report-dir", "--keras-timeout", "--keras-checks"):
         assert flag in run.output
     assert "keras_backends" in run.output  # the ini key
 
@@ -41,6 +41,7 @@ def test_options_are_listed_in_help(parity):
     (["--keras-jit=maybe"], "is not one of both, on, off"),
     (["--keras-reference=torch-cpu"], "'torch-cpu' is not a cell"),
     (["--keras-timeout=-3"], "not a positive number"),
+    (["--keras-checks=outputs,speed"], "unknown check(s) speed"),
 ])
 def test_a_bad_option_stops_the_run_with_a_usage_error(parity, args, message):
     run = parity(TWO_CASES, *args)
@@ -63,11 +64,12 @@ def case():
 
 def test_ini_keys_set_the_options(parity, tmp_path):
     (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nkeras_backends = jax\nkeras_jit = off\nkeras_report_dir = out\n")
+        "[pytest]\nkeras_backends = jax\nkeras_jit = off\nkeras_report_dir = out\nkeras_checks = outputs\n")
     run = parity(TWO_CASES)
     assert run.returncode == 0, run.output
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
     assert {c["cell"] for c in report["cells"]} == {"jax-cpu-nojit"}
+    assert {tuple(c["checks"]) for c in report["cells"]} == {("outputs",)}
     assert report["run"]["reference"] == "jax-cpu-nojit"
 
 
