@@ -20,7 +20,7 @@ bench: $(VENV)
 $(VENV): pyproject.toml ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[all,test]'
+	$(PIP_INSTALL) -e '.[all,onnx,test]'
 	touch $(VENV)
 
 clean:

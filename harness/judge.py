@@ -48,10 +48,15 @@ class CaseReplies:
         reply = self.reply(cell)
         return (reply or {}).get("checks", {}).get(name, {})
 
-    def files(self, check: str) -> dict[Cell, str]:
-        """The file each cell's `check` wrote (its .keras file, its SavedModel), where it passed."""
-        return {cell: self.check(cell, check)["file"] for cell in self.file_cells.values()
-                if self.check(cell, check).get("status") == PASS and "file" in self.check(cell, check)}
+    def saved_files(self) -> dict[Cell, str]:
+        """Each file cell's .keras file, where its save check passed."""
+        return {cell: self.check(cell, "save")["file"] for cell in self.file_cells.values()
+                if self.check(cell, "save").get("status") == PASS}
+
+    def exported_files(self) -> dict[Cell, str]:
+        """Each file cell's SavedModel folder, where it was written."""
+        found = {cell: self.check(cell, "export").get("saved_model", {}) for cell in self.file_cells.values()}
+        return {cell: sm["file"] for cell, sm in found.items() if sm.get("status") == PASS}
 
     def nojit_outputs(self, cell: Cell) -> str:
         folder = os.path.dirname(self.check(cell, "outputs").get("file") or "")
@@ -288,17 +293,12 @@ class Judge:
             save.update(status=outcome.status, message=f"loading other backends' files: {outcome.message}")
             return save
         matrix = {}
-        names, expected = load(replies.nojit_outputs(loader))
         for source, result in outcome.reply["results"].items():
             if result["status"] != PASS:
                 matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
                                   "hint": result["failure"].get("hint")}
                 continue
-            _, got = load(result["file"])
-            dtypes = [str(a.dtype) for a in expected]
-            verdict = compare.compare_outputs(names, expected, got, dtypes, [str(a.dtype) for a in got],
-                                              self.case.rtol, self.case.atol)
-            matrix[source] = {k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict}
+            matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
         save["loaded_from"] = matrix
         bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
         if bad:
@@ -309,11 +309,35 @@ class Judge:
 
     def judge_export(self, cell: Cell, export: dict, replies: CaseReplies) -> dict:
         export = dict(export)
+        expected = replies.nojit_outputs(cell)
+        onnx = dict(export["onnx"])
+        if onnx.get("status") == PASS:
+            onnx = {**self.compare_files(expected, onnx.pop("file")), "run_with": "onnxruntime"}
+        saved_model = self.judge_saved_model(cell, dict(export["saved_model"]), expected, replies)
+        export.update(saved_model=saved_model, onnx=onnx,
+                      status=worst([saved_model["status"], onnx["status"]]))
+        messages = [f"{name}: {part['message']}" for name, part in (("SavedModel", saved_model), ("ONNX", onnx))
+                    if part.get("message")]
+        if messages:
+            export["message"] = "; ".join(messages)
+        return export
+
+    def compare_files(self, expected_path: str, got_path: str) -> dict:
+        names, expected = load(expected_path)
+        got = load(got_path)[1]
+        verdict = compare.compare_outputs(names, expected, got, [str(a.dtype) for a in expected],
+                                          [str(a.dtype) for a in got], self.case.rtol, self.case.atol)
+        return {k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict}
+
+    def judge_saved_model(self, cell: Cell, export: dict, expected: str, replies: CaseReplies) -> dict:
+        """The SavedModel this cell exported, as a TensorFlow worker reloaded it."""
+        if export.get("status") != PASS:
+            return export
+        export.pop("file")
         outcome = replies.reloaded
         if outcome is None or outcome.reply is None:
             if outcome is not None:
-                export.update(status=outcome.status if outcome.status != "skip" else SKIP,
-                              reason=outcome.message)
+                export.update(status=outcome.status, reason=outcome.message)
             return export
         result = outcome.reply["results"].get(cell.id)
         if result is None:
@@ -322,11 +346,7 @@ class Judge:
             export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
                           hint=result["failure"].get("hint"))
             return export
-        names, expected = load(replies.nojit_outputs(cell))
-        _, got = load(result["file"])
-        verdict = compare.compare_outputs(names, expected, got, [str(a.dtype) for a in expected],
-                                          [str(a.dtype) for a in got], self.case.rtol, self.case.atol)
-        export.update({k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict})
+        export.update(self.compare_files(expected, result["file"]))
         export["reloaded_with"] = "keras.layers.TFSMLayer in a TensorFlow worker"
         return export
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from harness import arrays, classify
 from harness.cells import Cell
-from harness.statuses import ERROR, MISMATCH, PASS, SKIP
+from harness.statuses import ERROR, MISMATCH, PASS, SKIP, worst
 
 STEADY_REPEATS = 5
 TRAIN_STEPS = 4
@@ -499,11 +499,8 @@ class CellRun:
         }
 
     def check_export(self, obj, kind: str) -> None:
-        if self.backend == "torch" and importlib.util.find_spec("torch_xla") is None:
-            self.checks["export"] = {"status": SKIP, "reason": (
-                "model.export(format='tf_saved_model') under torch needs torch_xla, which is not "
-                "installed here")}
-            return
+        """A TF SavedModel (reloaded later by a TensorFlow worker through TFSMLayer) and, where
+        onnxruntime is installed, an ONNX file run here through onnxruntime."""
         import keras
 
         model = obj if kind == "model" else wrap_layer(obj, self.inputs)
@@ -512,10 +509,38 @@ class CellRun:
             # A subclassed model has no recorded input structure: give the case's, batch free.
             signature = [keras.tree.map_structure(
                 lambda x: keras.InputSpec(shape=(None, *x.shape[1:]), dtype=str(x.dtype)), self.inputs)]
-        path = os.path.join(self.out_dir, "saved_model")
-        self.step("export", "export", lambda: model.export(
-            path, format="tf_saved_model", verbose=False, input_signature=signature))
-        self.checks["export"] = {"status": PASS, "file": path}
+        if self.backend == "torch" and importlib.util.find_spec("torch_xla") is None:
+            saved_model = {"status": SKIP, "reason": "model.export(format='tf_saved_model') under "
+                                                     "torch needs torch_xla, which is not installed here"}
+        else:
+            path = os.path.join(self.out_dir, "saved_model")
+            self.step("export", "export", lambda: model.export(
+                path, format="tf_saved_model", verbose=False, input_signature=signature))
+            saved_model = {"status": PASS, "file": path}
+        onnx = self.export_onnx(model, signature)
+        self.checks["export"] = {"status": worst([saved_model["status"], onnx["status"]]),
+                                 "saved_model": saved_model, "onnx": onnx}
+
+    def export_onnx(self, model, signature) -> dict:
+        converter = {"jax": "jax2onnx", "tensorflow": "tf2onnx", "torch": "onnxscript"}[self.backend]
+        missing = [m for m in ("onnxruntime", converter) if importlib.util.find_spec(m) is None]
+        if missing:
+            return {"status": SKIP, "reason": f"ONNX export needs {' and '.join(missing)}, not installed here"}
+        import onnxruntime
+
+        path = os.path.join(self.out_dir, "model.onnx")
+        self.step("export", "export_onnx", lambda: model.export(
+            path, format="onnx", verbose=False, input_signature=signature))
+
+        def run():
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            _, leaves = arrays.flatten(self.inputs)
+            feed = {spec.name: leaf for spec, leaf in zip(session.get_inputs(), leaves)}
+            return session.run(None, feed)
+
+        out = os.path.join(self.out_dir, "onnx_outputs.npz")
+        arrays.save_tree(out, self.step("export", "onnxruntime", run))
+        return {"status": PASS, "file": out}
 
     # -- rng ---------------------------------------------------------------------------
 

@@ -145,8 +145,8 @@ class ParitySession:
 
     def run_cross_checks(self, replies: CaseReplies, common: dict, case_dir: str) -> None:
         """Phase 3: `.keras` files across backends, SavedModels through TFSMLayer."""
-        saved = replies.files("save")
-        exported = replies.files("export")
+        saved = replies.saved_files()
+        exported = replies.exported_files()
         jobs = []
         for key, loader in replies.file_cells.items():
             others = {cell.id: path for cell, path in saved.items() if cell.backend != loader.backend}

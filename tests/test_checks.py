@@ -295,14 +295,20 @@ def test_a_layer_that_cannot_be_rebuilt_fails_save_and_the_other_checks_still_ru
     assert record["status"] == "error"
 
 
-def test_export_reloads_through_tfsmlayer_and_matches(run):
+def test_export_reloads_through_tfsmlayer_and_onnxruntime_and_matches(run):
     for backend in ("tensorflow", "jax"):
         export = run.cell("exports", f"{backend}-cpu-nojit")["checks"]["export"]
         assert export["status"] == "pass", export
-        assert export["max_abs_err"] < 1e-5
-        assert "TFSMLayer" in export["reloaded_with"]
+        assert export["saved_model"]["max_abs_err"] < 1e-5
+        assert "TFSMLayer" in export["saved_model"]["reloaded_with"]
     torch_export = run.cell("exports", "torch-cpu-nojit")["checks"]["export"]
-    assert torch_export["status"] == "skip" and "torch_xla" in torch_export["reason"]
+    assert "torch_xla" in torch_export["saved_model"]["reason"]
+    for backend in ("tensorflow", "torch"):  # tf2onnx and onnxscript are installed by make .venv
+        export = run.cell("exports", f"{backend}-cpu-nojit")["checks"]["export"]
+        assert export["onnx"]["status"] == "pass" and export["onnx"]["max_abs_err"] < 1e-5, export
+        assert export["onnx"]["run_with"] == "onnxruntime"
+    jax_onnx = run.cell("exports", "jax-cpu-nojit")["checks"]["export"]["onnx"]
+    assert jax_onnx["status"] == "skip" and "jax2onnx" in jax_onnx["reason"]
 
 
 def test_an_export_failure_is_a_failed_export_check_not_a_crash(run):
