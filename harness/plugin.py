@@ -17,7 +17,8 @@ import pytest
 
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, plan_cells
-from harness.report import ReportWriter
+from harness import gate as gate_rules
+from harness.report import ReportError, ReportWriter, read_report
 from harness.session import CaseRef, ParitySession
 from harness.statuses import PASS, SKIP, XFAIL
 
@@ -33,6 +34,11 @@ OPTIONS = (
      "first cell that can run)"),
     ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md and worker logs"),
     ("keras_timeout", "600", "seconds a cell may take before its worker is killed (timeout)"),
+    ("keras_baseline", "", "an earlier parity.json: fail the session on any cell that got worse"),
+    ("keras_perf_threshold", "",
+     "with a baseline: report steady-state timings slower than RATIO x the baseline's, beyond "
+     "the spread both runs measured (e.g. 1.5)"),
+    ("keras_perf_fail", "", "with a threshold: 'yes' to fail the session on a slowdown too"),
     ("keras_checks", "all",
      "checks to run: 'all' or a comma-separated subset of " + ", ".join(ALL_CHECKS)
      + " (each case runs the ones it declares that are also named here)"),
@@ -72,6 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout = float(option(config, "keras_timeout"))
         if timeout <= 0:
             raise ValueError
+        gate = read_gate_options(config)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     except ValueError:
@@ -81,7 +88,28 @@ def pytest_configure(config: pytest.Config) -> None:
     # reference cell's results): plain load balancing becomes load balancing by group.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
-    config.pluginmanager.register(ParityPlugin(config, plan, timeout, checks), "keras-parity")
+    config.pluginmanager.register(ParityPlugin(config, plan, timeout, checks, gate), "keras-parity")
+
+
+def read_gate_options(config: pytest.Config) -> dict | None:
+    path = option(config, "keras_baseline")
+    threshold = option(config, "keras_perf_threshold")
+    if not path:
+        if threshold:
+            raise UsageError("--keras-perf-threshold needs --keras-baseline=FILE to compare with")
+        return None
+    try:
+        baseline = read_report(os.path.join(config.invocation_params.dir, path))
+    except ReportError as exc:
+        raise UsageError(f"--keras-baseline: {exc}") from None
+    try:
+        ratio = float(threshold) if threshold else None
+        if ratio is not None and ratio <= 1:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--keras-perf-threshold: {threshold!r} is not a ratio above 1 (e.g. 1.5)") from None
+    return {"baseline": baseline, "path": path, "perf_threshold": ratio,
+            "perf_fail": option(config, "keras_perf_fail").lower() in ("1", "yes", "true", "on")}
 
 
 def parse_checks(value: str) -> tuple[str, ...]:
@@ -163,8 +191,11 @@ def describe_failure(record: dict) -> str:
 class ParityPlugin:
     """The state of one run: the cell plan, the worker pool, and (in the controller) the reports."""
 
-    def __init__(self, config: pytest.Config, plan: CellPlan, timeout: float, checks: tuple[str, ...]):
+    def __init__(self, config: pytest.Config, plan: CellPlan, timeout: float, checks: tuple[str, ...],
+                 gate: dict | None):
         self.config = config
+        self.gate = gate
+        self.gate_result: dict | None = None
         self.plan = plan
         self.timeout = timeout
         self.checks = checks
@@ -226,8 +257,16 @@ class ParityPlugin:
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         if self.session is not None:
             self.session.close()
-        if self.writer is not None:
-            self.writer.finish(self.run_info(exitstatus))
+        if self.writer is None:
+            return
+        run = self.run_info(exitstatus)
+        if self.gate is not None:
+            self.gate_result = gate_rules.compare_to_baseline(self.gate["baseline"], self.writer.cells,
+                                                              self.gate["perf_threshold"])
+            run["gate"] = {**self.gate_result, "baseline": self.gate["path"]}
+            if self.gate_result["regressions"] or (self.gate["perf_fail"] and self.gate_result["slowdowns"]):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.writer.finish(run)
 
     def pytest_unconfigure(self, config) -> None:
         if self.session is not None:  # sessionfinish did not run (an internal error)
@@ -262,3 +301,9 @@ class ParityPlugin:
             f"{len(self.writer.cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f"; reference {self.plan.reference.id}")
         terminalreporter.write_line(f"reports: {self.report_dir}/parity.md, parity.json, results.jsonl")
+        if self.gate_result is not None:
+            lines = gate_rules.describe(self.gate_result)
+            terminalreporter.write_sep("-", f"keras-parity gate against {self.gate['path']}: "
+                                            + ("FAILED" if self.gate_result["regressions"] else "passed"))
+            for line in lines or ["no cell got worse"]:
+                terminalreporter.write_line(line)

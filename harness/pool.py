@@ -165,9 +165,9 @@ class WorkerPool:
         os.makedirs(log_dir, exist_ok=True)
 
     def versions(self, key: tuple[str, str]) -> dict:
-        info = self.info.get(key, {})
-        return {k: info[k] for k in ("keras", "version") if k in info} and {
-            "keras": info.get("keras"), key[0]: info.get("version")}
+        """keras' and the backend's versions, as the worker of `key` reported them."""
+        info = self.info.get(key)
+        return {"keras": info["keras"], key[0]: info["version"]} if info else {}
 
     def start(self, key: tuple[str, str]) -> WorkerProcess:
         """Start `key`'s worker if it is not running; the backend imports while we go on."""

@@ -136,3 +136,97 @@ def render_save_matrix(cells: list[dict]) -> list[str]:
         lines.append(f"| `{_md_escape(case)}` | {source} | "
                      + " | ".join(STATUS_MARKS.get(results.get(col, ""), "—") for col in columns) + " |")
     return lines
+
+
+# -- merging shards ------------------------------------------------------------------------
+
+class ReportError(ValueError):
+    """An input that is not a keras-parity report; the message names the file and the fix."""
+
+
+def read_report(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read it ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); pass the "
+                          f"parity.json a keras-parity run wrote") from None
+    if not isinstance(report, dict) or "cells" not in report or "schema" not in report:
+        raise ReportError(f"{path}: not a keras-parity report (no 'schema' and 'cells'); pass "
+                          f"the parity.json a keras-parity run wrote")
+    if report["schema"] != SCHEMA:
+        raise ReportError(f"{path}: report schema {report['schema']!r}, this keras-parity reads "
+                          f"schema {SCHEMA}")
+    for i, cell in enumerate(report["cells"]):
+        if not isinstance(cell, dict) or not {"case", "cell", "status"} <= set(cell):
+            raise ReportError(f"{path}: cell #{i} lacks case, cell or status")
+    return report
+
+
+def merge_reports(paths: list[str]) -> dict:
+    """One report from shards (a CPU job and a GPU job, xdist workers). A cell reported by two
+    shards with different statuses is kept once, with the worse status, and flagged."""
+    from harness.statuses import FAILING_STATUSES
+
+    severity = {s: i for i, s in enumerate(("pass", "xfail", "skip", *FAILING_STATUSES))}
+    reports = [read_report(p) for p in paths]  # all are checked before anything is written
+    merged: dict[tuple[str, str], dict] = {}
+    sources: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for path, report in zip(paths, reports):
+        for cell in report["cells"]:
+            key = (cell["case"], cell["cell"])
+            sources.setdefault(key, []).append((path, cell["status"]))
+            if key not in merged or severity.get(cell["status"], 99) > severity.get(merged[key]["status"], 99):
+                merged[key] = cell
+    conflicts = []
+    for key, seen in sources.items():
+        if len({status for _, status in seen}) > 1:
+            merged[key] = {**merged[key], "conflict": [{"report": p, "status": s} for p, s in seen]}
+            conflicts.append({"case": key[0], "cell": key[1], "statuses": [{"report": p, "status": s} for p, s in seen]})
+    versions: dict = {}
+    for report in reports:
+        versions.update(report.get("run", {}).get("versions", {}))
+    run = {"merged_from": [{"report": p, "run": r.get("run", {})} for p, r in zip(paths, reports)],
+           "versions": versions, "reference": reports[0].get("run", {}).get("reference") if reports else None,
+           "conflicts": conflicts}
+    return {"schema": SCHEMA, "run": run, "cells": list(merged.values())}
+
+
+def write_report(report: dict, out: str) -> str:
+    """Write parity.json and parity.md into `out` (a folder, or a path ending in .json)."""
+    folder, name = (os.path.dirname(out) or ".", os.path.basename(out)) if out.endswith(".json") else (out, "parity.json")
+    os.makedirs(folder, exist_ok=True)
+    atomic_write(os.path.join(folder, name), json.dumps(report, indent=1, sort_keys=True))
+    atomic_write(os.path.join(folder, name[:-5] + ".md"), render_markdown(report))
+    return os.path.join(folder, name)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m harness.report",
+                                     description="Work with keras-parity reports.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="merge shards (parity.json files) into one report")
+    merge.add_argument("inputs", nargs="+", metavar="IN", help="parity.json files of the shards")
+    merge.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="folder for the merged parity.json and parity.md (or a .json path)")
+    args = parser.parse_args(argv)
+    try:
+        report = merge_reports(args.inputs)
+    except ReportError as exc:
+        print(f"error: {exc}. Nothing was written.", file=sys.stderr)
+        return 2
+    written = write_report(report, args.output)
+    for conflict in report["run"]["conflicts"]:
+        print(f"conflict: {conflict['case']} [{conflict['cell']}]: "
+              + ", ".join(f"{s['status']} in {s['report']}" for s in conflict["statuses"]), file=sys.stderr)
+    print(f"merged {len(args.inputs)} reports, {len(report['cells'])} cells -> {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -176,6 +176,20 @@ def tf_variable_attribute():
     return keras.Sequential([keras.Input((3,)), TfVariableWeight()])
 
 
+class TorchParameterWeight(keras.layers.Layer):
+    def build(self, input_shape):
+        import torch
+        self.w = torch.nn.Parameter(torch.zeros(input_shape[-1], 2))
+
+    def call(self, x):
+        return x
+
+
+@harness.parity_case(inputs=harness.spec((4, 3)), checks=["build", "outputs"])
+def torch_parameter_attribute():
+    return keras.Sequential([keras.Input((3,)), TorchParameterWeight()])
+
+
 class WeightInCall(keras.layers.Layer):
     def call(self, x):
         if not hasattr(self, "scale"):
@@ -324,6 +338,7 @@ def test_an_export_failure_is_a_failed_export_check_not_a_crash(run):
 @pytest.mark.parametrize("case, text, fix", [
     ("raw_array_attribute", "raw numpy array", "add_weight"),
     ("tf_variable_attribute", "tf.Variable", "add_weight"),
+    ("torch_parameter_attribute", "torch.nn.Parameter", "add_weight"),
     ("weight_created_in_call", "add new elements of state", "build(self, input_shape)"),
 ])
 def test_state_keras_does_not_track_fails_build_with_the_guides_fix(run, case, text, fix):
