@@ -161,6 +161,12 @@ def untracked_state(obj) -> list[str]:
     found = []
     layers = list(obj._flatten_layers()) if hasattr(obj, "_flatten_layers") else [obj]
     for layer in layers:
+        # Under torch a layer is a torch.nn.Module, which files a Parameter attribute away in
+        # its own `_parameters` registry (Keras keeps its variables under `_torch_params`).
+        tracked = {id(v.value) for v in layer.weights}
+        for attr, param in getattr(layer, "_parameters", {}).items():
+            if param is not None and id(param) not in tracked:
+                found.append(f"{layer.name}.{attr} is a torch.nn.Parameter")
         for attr, value in vars(layer).items():
             if attr.startswith("_") or isinstance(value, keras.Variable):
                 continue
