@@ -11,7 +11,11 @@ def token_ids(rng):
     return rng.integers(1, 50, size=(4, 10)).astype("int32")
 
 
-@harness.parity_case(inputs=lambda rng: rng.normal(size=(8, 16)).astype("float32"))
+@harness.parity_case(
+    inputs=lambda rng: rng.normal(size=(8, 16)).astype("float32"),
+    xfail={"tensorflow-*-nojit": ("error", "export: tf2onnx writes gelu as Erfc, which onnxruntime "
+                                           "1.32 cannot load at opset 15 (No Op registered for Erfc)")},
+)
 def mlp():
     import keras
 
@@ -49,7 +53,11 @@ def lstm_classifier():
     ])
 
 
-@harness.parity_case(inputs=token_ids)
+@harness.parity_case(
+    inputs=token_ids,
+    xfail={"torch-*-nojit": ("error", "export: torch.onnx cannot export MultiHeadAttention's "
+                                      "shape-dependent Gather (it is not constant)")},
+)
 def transformer_block():
     import keras
     from keras import layers
