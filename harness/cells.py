@@ -64,8 +64,13 @@ def validate_pattern(pattern: str, where: str) -> None:
         )
 
 
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def parse_subset(value: str, choices, option: str, noun: str, usage: str) -> list[str]:
+    """A comma-separated subset of `choices`, or a usage error that names the option."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [i for i in items if i not in choices]
+    if unknown or not items:
+        raise UsageError(f"{option}: unknown {noun}(s) {', '.join(unknown) or '(none given)'}; use {usage}")
+    return items
 
 
 def installed_backends() -> list[str]:
@@ -99,25 +104,14 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None) -> 
         # All three are asked for: one that is not installed is skipped with that reason.
         wanted_backends = list(BACKENDS)
     else:
-        wanted_backends = _split(backends)
-        unknown = [b for b in wanted_backends if b not in BACKENDS]
-        if unknown or not wanted_backends:
-            raise UsageError(
-                f"--keras-backends: unknown backend(s) {', '.join(unknown) or '(none given)'}; "
-                f"use 'all' or a comma-separated subset of {', '.join(BACKENDS)}"
-            )
+        wanted_backends = parse_subset(backends, BACKENDS, "--keras-backends", "backend",
+                                       f"'all' or a comma-separated subset of {', '.join(BACKENDS)}")
 
     gpu_here = machine_has_gpu()
     if devices.strip() == "auto":
         wanted_devices = ["cpu", "gpu"] if gpu_here else ["cpu"]
     else:
-        wanted_devices = _split(devices)
-        bad = [d for d in wanted_devices if d not in DEVICES]
-        if bad or not wanted_devices:
-            raise UsageError(
-                f"--keras-devices: unknown device(s) {', '.join(bad) or '(none given)'}; "
-                f"use auto, cpu, gpu or cpu,gpu"
-            )
+        wanted_devices = parse_subset(devices, DEVICES, "--keras-devices", "device", "auto, cpu, gpu or cpu,gpu")
 
     jit_choices = {"both": [False, True], "on": [True], "off": [False]}
     if jit.strip() not in jit_choices:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from harness.case import ALL_CHECKS, Case
-from harness.cells import Cell, CellPlan, UsageError, plan_cells
+from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
 from harness import gate as gate_rules
 from harness.report import ReportError, ReportWriter, read_report
 from harness.session import CaseRef, ParitySession
@@ -115,12 +115,8 @@ def read_gate_options(config: pytest.Config) -> dict | None:
 def parse_checks(value: str) -> tuple[str, ...]:
     if value.strip() == "all":
         return ALL_CHECKS
-    checks = tuple(c.strip() for c in value.split(",") if c.strip())
-    unknown = [c for c in checks if c not in ALL_CHECKS]
-    if unknown or not checks:
-        raise UsageError(f"--keras-checks: unknown check(s) {', '.join(unknown) or '(none given)'}; "
-                         f"use 'all' or a comma-separated subset of {', '.join(ALL_CHECKS)}")
-    return checks
+    return tuple(parse_subset(value, ALL_CHECKS, "--keras-checks", "check",
+                              f"'all' or a comma-separated subset of {', '.join(ALL_CHECKS)}"))
 
 
 class CellFailed(Exception):
