@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 
 SCHEMA = 1
@@ -205,7 +206,6 @@ def write_report(report: dict, out: str) -> str:
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m harness.report",
                                      description="Work with keras-parity reports.")
@@ -214,7 +214,16 @@ def main(argv=None) -> int:
     merge.add_argument("inputs", nargs="+", metavar="IN", help="parity.json files of the shards")
     merge.add_argument("-o", "--output", required=True, metavar="OUT",
                        help="folder for the merged parity.json and parity.md (or a .json path)")
+    gate = commands.add_parser("gate", help="compare a report with a baseline report: exit 1 on a "
+                                             "regression (as --keras-baseline does for a run)")
+    gate.add_argument("report", help="the parity.json to judge (e.g. the merged shards)")
+    gate.add_argument("--baseline", required=True, help="the earlier parity.json")
+    gate.add_argument("--perf-threshold", type=float, default=None, metavar="RATIO",
+                      help="report steady-state timings slower than RATIO x the baseline's")
+    gate.add_argument("--perf-fail", action="store_true", help="fail on a slowdown too")
     args = parser.parse_args(argv)
+    if args.command == "gate":
+        return run_gate(args)
     try:
         report = merge_reports(args.inputs)
     except ReportError as exc:
@@ -226,6 +235,20 @@ def main(argv=None) -> int:
               + ", ".join(f"{s['status']} in {s['report']}" for s in conflict["statuses"]), file=sys.stderr)
     print(f"merged {len(args.inputs)} reports, {len(report['cells'])} cells -> {written}")
     return 0
+
+
+def run_gate(args) -> int:
+    from harness import gate
+
+    try:
+        report, baseline = read_report(args.report), read_report(args.baseline)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = gate.compare_to_baseline(baseline, report["cells"], args.perf_threshold)
+    for line in gate.describe(result) or ["no cell got worse"]:
+        print(line)
+    return 1 if result["regressions"] or (args.perf_fail and result["slowdowns"]) else 0
 
 
 if __name__ == "__main__":

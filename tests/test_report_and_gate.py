@@ -139,6 +139,20 @@ def test_a_slowdown_beyond_the_threshold_and_the_noise_is_reported_and_fails_whe
     assert failing.returncode == 1
 
 
+def test_the_gate_command_judges_a_merged_report_against_a_baseline(baseline, tmp_path):
+    broken = run_with(baseline, {"PARITY_BREAK": "1"})
+    assert broken.returncode == 1
+    shutil.copy(baseline / "reports" / "parity.json", tmp_path / "merged.json")
+    shutil.copy(baseline / "baseline.json", tmp_path / "baseline.json")
+    gate = subprocess.run([sys.executable, "-m", "harness.report", "gate", "merged.json",
+                           "--baseline", "baseline.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert gate.returncode == 1
+    assert "regression: test_gate_cases.py::dense [torch-cpu-nojit]: pass -> error" in gate.stdout
+    same = subprocess.run([sys.executable, "-m", "harness.report", "gate", "baseline.json",
+                           "--baseline", "baseline.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert same.returncode == 0 and "no cell got worse" in same.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--keras-baseline=missing.json"], "cannot read it"),
     (["--keras-perf-threshold=2"], "needs --keras-baseline"),
