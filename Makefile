@@ -2,12 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c ci/constraints.txt
+# A GPU job sets CONSTRAINTS=ci/constraints-gpu.txt EXTRAS=gpu,test and
+# PARITY_ARGS=--keras-devices=gpu (see ci/workflows/parity.yml).
+CONSTRAINTS ?= ci/constraints.txt
+EXTRAS ?= all,onnx,test
+PARITY_ARGS ?=
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
 
 .PHONY: parity test bench clean
 
 parity: $(VENV)
-	$(PY) -m pytest suites --keras-backends=all
+	$(PY) -m pytest suites --keras-backends=all $(PARITY_ARGS)
 
 test: $(VENV)
 	$(PY) -m pytest tests -ra
@@ -17,10 +22,10 @@ bench: $(VENV)
 
 # The set-up alone: a virtual environment with the three backends (CPU builds) and the
 # plugin installed editable. Re-run when pyproject.toml or the pins change.
-$(VENV): pyproject.toml ci/constraints.txt
+$(VENV): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[all,onnx,test]'
+	$(PIP_INSTALL) -e '.[$(EXTRAS)]'
 	touch $(VENV)
 
 clean:
