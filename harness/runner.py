@@ -280,7 +280,6 @@ class CellRun:
         self.checks["build"] = {"status": PASS, "variables": self.variables(obj, kind)}
         self.check_untracked_state(obj, kind)
         self.step("build", "weights", lambda: self.exchange_weights(obj, kind))
-        self.obj, self.kind = obj, kind
 
         outputs = self.check_outputs(obj, kind, inputs)
         if kind == "function":
@@ -351,17 +350,22 @@ class CellRun:
             arrays.save_weights(save_to, own)
         if load_from:
             arrays.save_weights(os.path.join(self.out_dir, "initial_weights.npz"), own)
-            reference = arrays.load_weights(load_from)
-            missing = [v.path for v in obj.weights if v.path not in reference]
+            missing = self.load_reference_weights(obj)
+            self.weights_loaded = not missing
             if missing:
-                self.weights_loaded = False
                 self.notes.append(
                     f"reference weights not loaded: {len(missing)} variable path(s) differ "
                     f"from the reference cell (first: {missing[0]})")
-                return
+
+    def load_reference_weights(self, obj) -> list[str]:
+        """Assign the reference cell's weights by path; returns the paths it lacks (then
+        nothing is assigned)."""
+        reference = arrays.load_weights(self.request["load_weights_from"])
+        missing = [v.path for v in obj.weights if v.path not in reference]
+        if not missing:
             for v in obj.weights:
                 v.assign(np.array(reference[v.path]))  # out of the read-only memory map
-            self.weights_loaded = True
+        return missing
 
     # -- outputs and timing ------------------------------------------------------------
 
@@ -452,13 +456,14 @@ class CellRun:
 
         self.step("train", "compile", compile_model)
         losses, times = [], []
-        for i in range(TRAIN_STEPS):
-            t0 = time.perf_counter()
-            loss = self.step("train", "train_step", lambda: model.train_on_batch(inputs, targets),
-                             jit_retry=eager_step if i == 0 else None)
-            synchronize(self.backend, self.device)
-            times.append(time.perf_counter() - t0)
-            losses.append(float(np.asarray(loss).reshape(-1)[0]))
+        with recording_random_use() as random_use:  # dropout draws only while training
+            for i in range(TRAIN_STEPS):
+                t0 = time.perf_counter()
+                loss = self.step("train", "train_step", lambda: model.train_on_batch(inputs, targets),
+                                 jit_retry=eager_step if i == 0 else None)
+                synchronize(self.backend, self.device)
+                times.append(time.perf_counter() - t0)
+                losses.append(float(np.asarray(loss).reshape(-1)[0]))
         self.timings["train_first_s"] = times[0]
         self.timings.update(train_median_s=statistics.median(times[1:]), train_min_s=min(times[1:]),
                             train_max_s=max(times[1:]))
@@ -466,7 +471,7 @@ class CellRun:
         arrays.save_weights(path, {v.path: np.asarray(keras.ops.convert_to_numpy(v.value))
                                    for v in model.weights})
         self.checks["train"] = {"status": PASS, "losses": losses, "file": path, "steps": TRAIN_STEPS,
-                                "random": self.uses_random}
+                                "random": random_use["any"]}
 
     # -- save and export ---------------------------------------------------------------
 
@@ -564,10 +569,7 @@ class CellRun:
             kind = self.kind_of(obj)
             self.build(obj, kind, inputs)
             if self.request.get("load_weights_from") and kind != "function":
-                reference = arrays.load_weights(self.request["load_weights_from"])
-                for v in obj.weights:
-                    if v.path in reference:
-                        v.assign(np.array(reference[v.path]))
+                self.load_reference_weights(obj)
             return self.predictor(obj, kind, jit=self.cell.jit)(inputs)
 
         first = arrays.load_tree(self.outputs_result["file"])

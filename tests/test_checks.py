@@ -39,6 +39,12 @@ def trains_differently_on_torch():
                              keras.layers.Dense(2)])
 
 
+@harness.parity_case(inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"])
+def trains_with_dropout():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), keras.layers.Dropout(0.5),
+                             keras.layers.Dense(2)])
+
+
 @harness.parity_case(inputs=harness.spec((8, 6)), targets=harness.spec((8, 7)),
                      checks=["build", "outputs", "train"])
 def targets_do_not_fit():
@@ -238,6 +244,16 @@ def test_training_compares_losses_and_weights_including_moving_statistics(run):
         assert record["checks"]["train"]["status"] == "mismatch"
         assert "after training" in record["checks"]["train"]["message"]
     assert run.cell("trains_differently_on_torch", "jax-cpu-jit")["checks"]["train"]["status"] == "pass"
+
+
+def test_training_that_draws_random_numbers_is_not_compared_across_backends(run):
+    # Dropout is inactive at inference, so outputs still match by value; training draws masks.
+    for cell in ("jax-cpu-nojit", "torch-cpu-jit"):
+        record = run.cell("trains_with_dropout", cell)
+        assert record["checks"]["outputs"]["status"] == "pass"
+        train = record["checks"]["train"]
+        assert train["status"] == "skip" and "random" in train["reason"], train
+        assert record["status"] == "pass"
 
 
 def test_targets_that_do_not_fit_are_an_error_naming_the_case(run):
