@@ -90,6 +90,14 @@ RULES = (
         compile_failure=True,
     ),
     Rule(
+        "torch_custom_op_without_fake",
+        "torch.compile traces with fake tensors, and this custom op has no fake "
+        "implementation: add one with @my_op.register_fake (shapes and dtypes only), "
+        "or " + JIT_OFF_HINT,
+        message=r"no fake impl registered|register_fake",
+        compile_failure=True,
+    ),
+    Rule(
         "torch_compile",
         "torch.compile (dynamo/inductor) failed on this model; " + JIT_OFF_HINT
         + ", or rewrite the op it names",

@@ -32,7 +32,7 @@ OPTIONS = (
     ("keras_reference", "",
      "the cell every other cell is compared with (default tensorflow-cpu-nojit, else the "
      "first cell that can run)"),
-    ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md and worker logs"),
+    ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md, parity.html and worker logs"),
     ("keras_timeout", "600", "seconds a cell may take before its worker is killed (timeout)"),
     ("keras_baseline", "", "an earlier parity.json: fail the session on any cell that got worse"),
     ("keras_perf_threshold", "",
@@ -296,7 +296,7 @@ class ParityPlugin:
         terminalreporter.write_line(
             f"{len(self.writer.cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f"; reference {self.plan.reference.id}")
-        terminalreporter.write_line(f"reports: {self.report_dir}/parity.md, parity.json, results.jsonl")
+        terminalreporter.write_line(f"reports: {self.report_dir}/parity.md, parity.html, parity.json, results.jsonl")
         if self.gate_result is not None:
             lines = gate_rules.describe(self.gate_result)
             terminalreporter.write_sep("-", f"keras-parity gate against {self.gate['path']}: "

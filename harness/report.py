@@ -1,8 +1,10 @@
-"""The reports: `results.jsonl` (a line per finished cell), `parity.json` and `parity.md`.
+"""The reports: `results.jsonl` (a line per finished cell), `parity.json`, `parity.md` and
+`parity.html`; merging shards; the `python -m harness.report` command.
 
 `results.jsonl` is appended and flushed as each cell finishes, so a killed run keeps what it
-had. `parity.json` is written at the end through a temporary file and a rename, so a reader
-never sees half of it. `parity.md` is the matrix of cases by cells, for a CI step summary.
+had. The others are written at the end, each through a temporary file and a rename, so a
+reader never sees half of one. `parity.md` (for a CI step summary) and `parity.html` (one
+self-contained page) are rendered by `report_markdown` and `report_html`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,6 @@ import tempfile
 
 SCHEMA = 1
 
-STATUS_MARKS = {
-    "pass": "✅ pass",
-    "mismatch": "❌ mismatch",
-    "error": "💥 error",
-    "compile_error": "🛠 compile_error",
-    "crash": "☠ crash",
-    "timeout": "⏱ timeout",
-    "skip": "⏭ skip",
-    "xfail": "➖ xfail",
-}
-
 
 def atomic_write(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
@@ -32,6 +23,9 @@ def atomic_write(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide reports from CI artifact steps
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -54,89 +48,8 @@ class ReportWriter:
     def finish(self, run: dict) -> dict:
         self.jsonl.close()
         report = {"schema": SCHEMA, "run": run, "cells": self.cells}
-        atomic_write(os.path.join(self.report_dir, "parity.json"), json.dumps(report, indent=1, sort_keys=True))
-        atomic_write(os.path.join(self.report_dir, "parity.md"), render_markdown(report))
+        write_report(report, self.report_dir)
         return report
-
-
-def _worst_error(record: dict) -> str:
-    outputs = record.get("checks", {}).get("outputs", {})
-    err = outputs.get("max_abs_err")
-    return f" ({err:.1e})" if err else ""
-
-
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def cell_order(cell_id: str) -> tuple:
-    """tensorflow, jax, torch; cpu before gpu; nojit before jit."""
-    backend, device, jit = cell_id.split("-")
-    order = {"tensorflow": 0, "jax": 1, "torch": 2, "cpu": 0, "gpu": 1, "nojit": 0, "jit": 1}
-    return (order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
-
-
-def render_markdown(report: dict) -> str:
-    cells = report["cells"]
-    cell_ids = sorted({c["cell"] for c in cells}, key=cell_order)
-    cases = list(dict.fromkeys(c["case"] for c in cells))
-    by_key = {(c["case"], c["cell"]): c for c in cells}
-    counts: dict[str, int] = {}
-    for c in cells:
-        counts[c["status"]] = counts.get(c["status"], 0) + 1
-
-    lines = ["# keras-parity report", ""]
-    run = report.get("run", {})
-    if run.get("versions"):
-        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
-    lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
-                 + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    lines += ["", "| case | " + " | ".join(cell_ids) + " |", "|---" * (len(cell_ids) + 1) + "|"]
-    for case in cases:
-        row = []
-        for cell in cell_ids:
-            record = by_key.get((case, cell))
-            row.append("" if record is None else STATUS_MARKS.get(record["status"], record["status"])
-                       + _worst_error(record))
-        lines.append(f"| `{_md_escape(case)}` | " + " | ".join(row) + " |")
-
-    lines += render_save_matrix(cells)
-
-    failures = [c for c in cells if c.get("failure") or c["status"] not in ("pass", "skip")]
-    if failures:
-        lines += ["", "## Failures", ""]
-        for c in failures:
-            f = c.get("failure") or {}
-            bad = [f"{name}: {chk.get('message') or chk['status']}" for name, chk in c["checks"].items()
-                   if chk["status"] not in ("pass", "skip")]
-            where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
-            lines.append(f"- `{_md_escape(c['case'])}` [{c['cell']}] **{c['status']}**"
-                         + (f" ({where}: {_md_escape(f.get('message', ''))[:300]})" if f else "")
-                         + ("; " + _md_escape("; ".join(bad))[:300] if bad and not f else ""))
-            if f.get("hint"):
-                lines.append(f"  - hint: {_md_escape(f['hint'])}")
-            if c.get("xfail"):
-                lines.append(f"  - declared: {_md_escape(c['xfail']['expected'])} ({_md_escape(c['xfail']['reason'])})")
-    return "\n".join(lines) + "\n"
-
-
-def render_save_matrix(cells: list[dict]) -> list[str]:
-    """`.keras` files saved under one cell and loaded under another: case x saver x loader."""
-    rows: dict[tuple[str, str], dict[str, str]] = {}
-    loaders: set[str] = set()
-    for c in cells:
-        for source, result in c.get("checks", {}).get("save", {}).get("loaded_from", {}).items():
-            rows.setdefault((c["case"], source), {})[c["cell"]] = result["status"]
-            loaders.add(c["cell"])
-    if not rows:
-        return []
-    columns = sorted(loaders, key=cell_order)
-    lines = ["", "## .keras files across backends (saved under x loaded under)", "",
-             "| case | saved under | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
-    for (case, source), results in rows.items():
-        lines.append(f"| `{_md_escape(case)}` | {source} | "
-                     + " | ".join(STATUS_MARKS.get(results.get(col, ""), "—") for col in columns) + " |")
-    return lines
 
 
 # -- merging shards ------------------------------------------------------------------------
@@ -196,12 +109,17 @@ def merge_reports(paths: list[str]) -> dict:
 
 
 def write_report(report: dict, out: str) -> str:
-    """Write parity.json and parity.md into `out` (a folder, or a path ending in .json)."""
+    """Write parity.json, parity.md and parity.html into `out` (a folder, or a path ending in
+    .json, whose stem the other two share)."""
+    from harness import report_html, report_markdown
+
     folder, name = (os.path.dirname(out) or ".", os.path.basename(out)) if out.endswith(".json") else (out, "parity.json")
     os.makedirs(folder, exist_ok=True)
-    atomic_write(os.path.join(folder, name), json.dumps(report, indent=1, sort_keys=True))
-    atomic_write(os.path.join(folder, name[:-5] + ".md"), render_markdown(report))
-    return os.path.join(folder, name)
+    stem = os.path.join(folder, name[:-5])
+    atomic_write(stem + ".json", json.dumps(report, indent=1, sort_keys=True))
+    atomic_write(stem + ".md", report_markdown.render(report))
+    atomic_write(stem + ".html", report_html.render(report))
+    return stem + ".json"
 
 
 def main(argv=None) -> int:

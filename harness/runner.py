@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from harness import arrays, classify
+from harness import arrays, classify, memory
 from harness.cells import Cell
 from harness.statuses import ERROR, MISMATCH, PASS, SKIP, worst
 
@@ -209,6 +209,7 @@ class CellRun:
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
         self.weights_loaded: bool | None = None  # None: this cell is the reference
+        self.forward = None  # the built object's forward call, for naming XLA's rejected ops
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -226,7 +227,20 @@ class CellRun:
                     jit_only = False
             status, failure = classify.describe(exc, check=check, phase=phase,
                                                 jit=self.cell.jit, jit_only=jit_only)
+            if failure.kind == "xla_unsupported_ops" and self.forward is not None:
+                self.name_all_unsupported_ops(failure)
             raise StepFailed(status, failure) from exc
+
+    def name_all_unsupported_ops(self, failure: classify.Failure) -> None:
+        """XLA's message names only the first op it rejects; the graph names the rest."""
+        from harness import xla_ops
+
+        try:
+            found = xla_ops.unsupported_ops(self.forward, self.inputs, self.device)
+        except Exception as exc:  # noqa: BLE001 - the message's first op is still recorded
+            self.notes.append(f"could not list every op XLA rejects: {type(exc).__name__}: {exc}")
+            return
+        failure.extra["unsupported_ops"] = list(dict.fromkeys(failure.extra["unsupported_ops"] + found))
 
     def optional_check(self, check: str, fn) -> None:
         """A check whose failure does not stop the others (save, export, train, rng)."""
@@ -239,6 +253,8 @@ class CellRun:
             self.failure = self.failure or failed.failure
 
     def run(self) -> dict:
+        if self.device == "gpu":
+            memory.reset_gpu_peak(self.backend)
         try:
             self.run_checks()
         except StepFailed as failed:
@@ -246,6 +262,7 @@ class CellRun:
             self.failure = self.failure or failed.failure
             for check in self.wanted:
                 self.checks.setdefault(check, {"status": SKIP, "reason": f"{failed.failure.check} failed"})
+        self.record_memory()
         return {
             "type": "cell_result",
             "checks": self.checks,
@@ -254,6 +271,18 @@ class CellRun:
             "notes": self.notes,
             "weights_loaded": self.weights_loaded,
         }
+
+    def record_memory(self) -> None:
+        self.timings["worker_peak_rss_mb"] = memory.host_peak_mb()
+        self.timings["worker_rss_mb"] = memory.host_current_mb()
+        if self.device == "gpu":
+            try:
+                peak = memory.gpu_peak_mb(self.backend)
+            except Exception as exc:  # noqa: BLE001 - a figure missing is noted, not fatal
+                self.notes.append(f"GPU memory not measured: {type(exc).__name__}: {exc}")
+            else:
+                if peak is not None:
+                    self.timings["gpu_peak_mb"] = peak
 
     def make(self, case):
         import keras
@@ -276,6 +305,9 @@ class CellRun:
                 message=f"the factory returned {type(obj).__name__}",
                 hint="return a keras.Model, a keras.layers.Layer or a callable built from keras.ops"))
         self.step("build", "build", lambda: self.build(obj, kind, inputs))
+        if self.backend == "tensorflow":
+            self.forward = (lambda x: call_function(obj, x)) if kind == "function" else (
+                lambda x: obj(x, training=False)) if kind == "model" else obj
         self.timings["build_s"] = time.perf_counter() - t0
         self.checks["build"] = {"status": PASS, "variables": self.variables(obj, kind)}
         self.check_untracked_state(obj, kind)

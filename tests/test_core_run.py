@@ -110,6 +110,39 @@ def python_if_on_tensor():
     return f
 
 
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"],
+                     xfail={"jax-*-jit": ("compile_error", "float() of a traced value")})
+def float_of_a_traced_value():
+    import keras
+    return lambda x: x * float(keras.ops.max(x))
+
+
+_torch_ops = {}
+
+
+def scale_op_without_fake_impl():
+    """A custom torch op as users write them around their own kernels, with no fake
+    (meta) implementation: eager runs it, torch.compile cannot trace it."""
+    if "scale" not in _torch_ops:
+        import torch
+
+        @torch.library.custom_op("keras_parity_tests::scale", mutates_args=())
+        def scale(t: torch.Tensor) -> torch.Tensor:
+            return t * 2
+
+        _torch_ops["scale"] = scale
+    return _torch_ops["scale"]
+
+
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"],
+                     xfail={"torch-*-jit": ("compile_error", "custom op without a fake impl")})
+def torch_custom_op():
+    if backend() != "torch":
+        return lambda x: x * 2
+    scale = scale_op_without_fake_impl()
+    return lambda x: scale(x)
+
+
 @harness.parity_case(inputs=harness.spec((2, 3)), xfail={"torch-*-*": "expected to fail, but passes"})
 def declared_but_passes():
     import keras
@@ -144,15 +177,15 @@ def run(tmp_path_factory):
 
 def test_every_case_gets_one_item_and_one_record_per_cell(run):
     items = run.outcomes()
-    assert len(items) == 12 * 6, run.output[-3000:]
+    assert len(items) == 14 * 6, run.output[-3000:]
     assert {n.split("[")[1].rstrip("]") for n in items} == set(CELLS)
     report = run.report
     assert report["schema"] == 1
-    assert len(report["cells"]) == 12 * 6
+    assert len(report["cells"]) == 14 * 6
     assert report["run"]["reference"] == "tensorflow-cpu-nojit"
     assert {"keras", "tensorflow", "jax", "torch"} <= set(report["run"]["versions"])
     lines = (run.path / "reports" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 12 * 6
+    assert len(lines) == 14 * 6
     matrix = (run.path / "reports" / "parity.md").read_text()
     assert "| case | tensorflow-cpu-nojit | tensorflow-cpu-jit | jax-cpu-nojit" in matrix
     assert "`test_cases.py::perturbed`" in matrix
@@ -258,3 +291,38 @@ def test_a_declared_failure_that_passes_fails_strictly(run):
     assert run.outcomes()["declared_but_passes[torch-cpu-nojit]"] == "failed"
     assert "XPASS(strict)" in run.output
     assert run.outcomes()["declared_but_passes[jax-cpu-nojit]"] == "passed"
+
+
+def test_a_jax_tracing_failure_is_a_compile_error_naming_the_tracer(run):
+    record = run.cell("float_of_a_traced_value", "jax-cpu-jit")
+    assert record["status"] == "xfail" and record["xfail"]["actual"] == "compile_error"
+    failure = record["failure"]
+    assert failure["kind"] == "jax_tracer_leak"
+    assert failure["exception"] == "jax.errors.ConcretizationTypeError"
+    assert "jit_compile=False" in failure["hint"]
+    for cell in ("jax-cpu-nojit", "tensorflow-cpu-nojit", "torch-cpu-nojit"):
+        assert run.cell("float_of_a_traced_value", cell)["status"] == "pass"
+
+
+def test_a_torch_compile_failure_is_a_compile_error_naming_the_fix(run):
+    record = run.cell("torch_custom_op", "torch-cpu-jit")
+    assert record["status"] == "xfail" and record["xfail"]["actual"] == "compile_error"
+    failure = record["failure"]
+    assert failure["kind"] == "torch_custom_op_without_fake"
+    assert "TorchRuntimeError" in failure["exception"]
+    assert "register_fake" in failure["hint"]
+    assert run.cell("torch_custom_op", "torch-cpu-nojit")["status"] == "pass"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_timings_are_measured_and_a_jit_cells_first_call_pays_its_compile(run, cell):
+    timings = run.cell("small_mlp", cell)["timings"]
+    for phase in ("predict", "train"):
+        first, low, median, high = (timings[f"{phase}_{k}_s"] for k in ("first", "min", "median", "max"))
+        assert 0 < low <= median <= high
+        if cell.endswith("-jit"):
+            assert first > median, (phase, timings)
+    assert timings["build_s"] > 0
+    assert 100 < timings["worker_peak_rss_mb"] < 20000
+    assert 0 < timings["worker_rss_mb"] <= timings["worker_peak_rss_mb"]
+    assert "gpu_peak_mb" not in timings

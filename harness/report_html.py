@@ -1,0 +1,226 @@
+"""`parity.html`: one self-contained page (no scripts, fonts or images fetched) with the matrix,
+compile failures, a timing chart per case (inline SVG) and every failure's full detail.
+
+Every string that comes from a report (case names, messages, tracebacks, notes) goes through
+`esc`, so a user's `<script>` in an exception message is shown, never run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+from harness import report_tables as tables
+
+STATUS_COLOURS = {
+    "pass": "#d7f5dd", "xfail": "#e8e8e8", "skip": "#f4f4f4", "mismatch": "#ffd6d6",
+    "error": "#ffc9a8", "compile_error": "#ffe9a8", "crash": "#f2b8ff", "timeout": "#c9d8ff",
+}
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.cell { white-space: nowrap; }
+td.cell a { color: inherit; text-decoration: none; display: block; }
+code, pre { font: 12px/1.35 ui-monospace, monospace; }
+pre { background: #f7f7f7; padding: .6em; overflow-x: auto; white-space: pre-wrap; }
+details { margin: .4em 0 .8em; } summary { cursor: pointer; }
+.hint { background: #eef6ff; padding: .3em .6em; border-left: 3px solid #3b82f6; }
+.chart { margin: .3em 0 1.2em; }
+.muted { color: #666; }
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render(report: dict) -> str:
+    cells = report["cells"]
+    run = report.get("run", {})
+    failed = tables.failures(cells)
+    anchors = {(c["case"], c["cell"]): f"failure-{i}" for i, c in enumerate(failed, 1)}
+    counts = ", ".join(f"{n} {esc(s)}" for s, n in tables.status_counts(cells).items())
+    versions = ", ".join(f"{esc(k)} {esc(v)}" for k, v in sorted(run.get("versions", {}).items()))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # No network: inline style only, and a policy that forbids fetching anything.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        "<title>keras-parity report</title>", f"<style>{STYLE}</style></head><body>",
+        "<h1>keras-parity report</h1>",
+        f"<p id=\"summary\">{len(cells)} cells: {counts}. Reference cell: "
+        f"<code>{esc(run.get('reference', '?'))}</code>.</p>",
+        f"<p class=\"muted\">{versions}</p>" if versions else "",
+        render_matrix(cells, anchors),
+        render_compile_failures(cells),
+        render_timings(cells),
+        render_save_matrix(cells),
+        render_failures(failed, anchors),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def status_td(status: str, text: str, link: str | None = None, title: str = "") -> str:
+    colour = STATUS_COLOURS.get(status, "#fff")
+    body = f'<a href="#{link}">{text}</a>' if link else text
+    return f'<td class="cell status-{esc(status)}" style="background:{colour}" title="{esc(title)}">{body}</td>'
+
+
+def render_matrix(cells: list[dict], anchors: dict) -> str:
+    m = tables.matrix(cells)
+    head = "".join(f"<th>{esc(c)}</th>" for c in m.cell_ids)
+    rows = []
+    for case, records in m.rows:
+        tds = []
+        for record in records:
+            if record is None:
+                tds.append("<td></td>")
+                continue
+            err = tables.worst_error(record)
+            text = esc(record["status"]) + (f" <small>({err:.1e})</small>" if err else "")
+            message = (record.get("failure") or {}).get("message", "")
+            tds.append(status_td(record["status"], text, anchors.get((case, record["cell"])), message[:300]))
+        rows.append(f"<tr><th><code>{esc(case)}</code></th>{''.join(tds)}</tr>")
+    return (f'<h2>Matrix</h2><table id="matrix"><thead><tr><th>case</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_compile_failures(cells: list[dict]) -> str:
+    rows = tables.compile_failures(cells)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['cell'])}"
+        f"{' (declared)' if r['status'] == 'xfail' else ''}</td><td>{esc(r['where'])}</td>"
+        f"<td>{esc(r['kind'])}</td><td>{esc(', '.join(r['unsupported_ops']))}</td>"
+        f"<td>{esc(r['exception'])}</td><td>{esc(r['hint'])}</td></tr>" for r in rows)
+    return ('<h2>Compile failures</h2><table id="compile-failures"><thead><tr><th>case</th><th>cell</th>'
+            "<th>where</th><th>kind</th><th>unsupported ops</th><th>exception</th><th>hint</th></tr>"
+            f"</thead><tbody>{body}</tbody></table>")
+
+
+def render_timings(cells: list[dict]) -> str:
+    rows = tables.timing_rows(cells)
+    if not rows:
+        return ""
+    columns = [c for c in tables.TIMING_COLUMNS if any(c[0] in t for _, _, t in rows)]
+    head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in columns)
+    body = "".join(
+        f"<tr><td><code>{esc(case)}</code></td><td>{esc(cell)}</td>"
+        + "".join(f"<td>{esc(tables.format_figure(t.get(k), unit))}</td>" for k, _, unit in columns) + "</tr>"
+        for case, cell, t in rows)
+    by_case: dict[str, list[tuple[str, dict]]] = {}
+    for case, cell, t in rows:
+        by_case.setdefault(case, []).append((cell, t))
+    charts = "".join(f'<div class="chart"><h3><code>{esc(case)}</code></h3>{timing_chart(series)}</div>'
+                     for case, series in by_case.items())
+    return ("<h2>Timings</h2><p>Bars: steady-state medians after a warm-up, with the device "
+            "synchronised; whiskers: min to max of the repeats; ◆: the first call, compile "
+            "included. Log scale.</p>" + charts
+            + f'<details><summary>All figures</summary><table id="timings"><thead><tr><th>case</th>'
+              f"<th>cell</th>{head}</tr></thead><tbody>{body}</tbody></table></details>")
+
+
+SERIES = (("predict", "#3b82f6"), ("train", "#f59e0b"))
+
+
+def timing_chart(series: list[tuple[str, dict]]) -> str:
+    """Per cell, one bar per phase (predict, train step) on a shared log-scale time axis."""
+    values = [t[f"{phase}_{k}_s"] for _, t in series for phase, _ in SERIES for k in ("min", "max", "first")
+              if t.get(f"{phase}_{k}_s")]
+    if not values:
+        return '<p class="muted">no steady-state timings</p>'
+    lo = 10 ** math.floor(math.log10(min(values)))
+    hi = 10 ** math.ceil(math.log10(max(values)))
+    if hi <= lo:
+        hi = lo * 10
+    label_w, plot_w, bar_h, top = 170, 520, 12, 22
+    height = top + len(series) * (2 * bar_h + 10) + 6
+
+    def x(seconds: float) -> float:
+        return label_w + plot_w * (math.log10(max(seconds, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 40}" height="{height}" '
+           f'role="img" aria-label="timings" font-size="11" font-family="sans-serif">']
+    for i, (phase, colour) in enumerate(SERIES):  # the legend, in the label column
+        out.append(f'<rect x="{i * 70}" y="{top - 17}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{i * 70 + 13}" y="{top - 8}" fill="#222">{phase}</text>')
+    decade = lo
+    while decade <= hi * 1.0001:
+        out.append(f'<line x1="{x(decade):.1f}" y1="{top - 4}" x2="{x(decade):.1f}" y2="{height - 4}" stroke="#ddd"/>'
+                   f'<text x="{x(decade):.1f}" y="{top - 8}" text-anchor="middle" fill="#666">'
+                   + (f"{decade * 1000:g} ms" if decade < 1 else f"{decade:g} s") + "</text>")
+        decade *= 10
+    y = top
+    for cell, t in series:
+        out.append(f'<text x="0" y="{y + bar_h + 4}" fill="#222">{esc(cell)}</text>')
+        for i, (phase, colour) in enumerate(SERIES):
+            row_y = y + i * (bar_h + 2)
+            median = t.get(f"{phase}_median_s")
+            if median:
+                low, high = t.get(f"{phase}_min_s", median), t.get(f"{phase}_max_s", median)
+                mid = row_y + bar_h / 2
+                out.append(f'<rect x="{label_w}" y="{row_y}" width="{x(median) - label_w:.1f}" height="{bar_h}" '
+                           f'fill="{colour}"><title>{esc(cell)} {phase} median '
+                           f"{esc(tables.format_figure(median, 's'))}</title></rect>"
+                           f'<line x1="{x(low):.1f}" y1="{mid}" x2="{x(high):.1f}" y2="{mid}" stroke="#222"/>')
+            first = t.get(f"{phase}_first_s")
+            if first:
+                cx, cy = x(first), row_y + bar_h / 2
+                out.append(f'<path d="M{cx:.1f} {cy - 5}l5 5-5 5-5-5z" fill="{colour}" stroke="#222">'
+                           f"<title>{esc(cell)} {phase} first call {esc(tables.format_figure(first, 's'))}"
+                           "</title></path>")
+        y += 2 * bar_h + 10
+    out.append("</svg>")
+    return "".join(out)
+
+
+def render_save_matrix(cells: list[dict]) -> str:
+    columns, rows = tables.save_matrix(cells)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><td><code>{esc(case)}</code></td><td>{esc(source)}</td>"
+        + "".join(status_td(r[col], esc(r[col])) if col in r else "<td>—</td>" for col in columns) + "</tr>"
+        for case, source, r in rows)
+    return (f'<h2>.keras files across backends</h2><table id="save-matrix"><thead><tr><th>case</th>'
+            f"<th>saved under</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def render_failures(failed: list[dict], anchors: dict) -> str:
+    if not failed:
+        return ""
+    parts = ["<h2>Failures</h2>"]
+    for c in failed:
+        f = c.get("failure") or {}
+        where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
+        parts.append(f'<section id="{anchors[(c["case"], c["cell"])]}" class="failure">'
+                     f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}"
+                     f"{' in ' + esc(where) if where else ''}</h3>")
+        if c.get("xfail"):
+            x = c["xfail"]
+            parts.append(f"<p>Declared: {esc(x.get('expected'))} ({esc(x.get('reason'))}); "
+                         f"got {esc(x.get('actual'))}.</p>")
+        if f.get("message"):
+            parts.append(f"<pre class=\"message\">{esc(f.get('exception', ''))}: {esc(f['message'])}</pre>")
+        if f.get("hint"):
+            parts.append(f'<p class="hint">Hint: {esc(f["hint"])}</p>')
+        for bad in tables.failed_checks(c):
+            parts.append(f"<p>{esc(bad)}</p>")
+        for note in c.get("notes", []):
+            parts.append(f'<p class="muted">Note: {esc(note)}</p>')
+        if f.get("traceback"):
+            parts.append(f"<details><summary>Traceback</summary><pre>{esc(f['traceback'])}</pre></details>")
+        if f.get("log_tail"):
+            parts.append(f"<details><summary>Worker log</summary><pre>{esc(f['log_tail'])}</pre></details>")
+        parts.append("<details><summary>Checks</summary><pre>"
+                     f"{esc(json.dumps(c.get('checks', {}), indent=1, sort_keys=True))}</pre></details></section>")
+    return "".join(parts)

@@ -1,0 +1,106 @@
+"""`parity.md`: the report as GitHub-flavoured Markdown, short enough for a CI step summary."""
+
+from __future__ import annotations
+
+from harness import report_tables as tables
+
+MESSAGE_CHARS = 300  # the full message is in parity.json and parity.html
+
+
+def escape(text) -> str:
+    """User text inside a table cell or list item: no pipes, newlines, backticks or markup
+    (a Markdown viewer would render an exception message's `<img ...>`)."""
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("|", "\\|").replace("\n", " ").replace("`", "'"))
+
+
+def render(report: dict) -> str:
+    cells = report["cells"]
+    run = report.get("run", {})
+    lines = ["# keras-parity report", ""]
+    if run.get("versions"):
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
+    lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
+                 + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
+    lines += render_matrix(cells)
+    lines += render_compile_failures(cells)
+    lines += render_timings(cells)
+    lines += render_save_matrix(cells)
+    lines += render_failures(cells)
+    return "\n".join(lines) + "\n"
+
+
+def render_matrix(cells: list[dict]) -> list[str]:
+    m = tables.matrix(cells)
+    lines = ["", "| case | " + " | ".join(m.cell_ids) + " |", "|---" * (len(m.cell_ids) + 1) + "|"]
+    for case, records in m.rows:
+        row = []
+        for record in records:
+            if record is None:
+                row.append("")
+                continue
+            err = tables.worst_error(record)
+            row.append(tables.STATUS_MARKS.get(record["status"], record["status"])
+                       + (f" ({err:.1e})" if err else ""))
+        lines.append(f"| `{escape(case)}` | " + " | ".join(row) + " |")
+    return lines
+
+
+def render_compile_failures(cells: list[dict]) -> list[str]:
+    rows = tables.compile_failures(cells)
+    if not rows:
+        return []
+    lines = ["", "## Compile failures", "", "| case | cell | where | kind | unsupported ops | hint |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{escape(r['case'])}` | {r['cell']}{' (declared)' if r['status'] == 'xfail' else ''} "
+                     f"| {escape(r['where'])} | {escape(r['kind'])} | {escape(', '.join(r['unsupported_ops']))} "
+                     f"| {escape(r['hint'])} |")
+    return lines
+
+
+def render_timings(cells: list[dict]) -> list[str]:
+    rows = tables.timing_rows(cells)
+    if not rows:
+        return []
+    columns = [c for c in tables.TIMING_COLUMNS if any(c[0] in t for _, _, t in rows)]
+    lines = ["", "## Timings", "",
+             "First calls include compiling; medians are steady state after a warm-up, with the "
+             "device synchronised. Peak RSS is the worker's so far.", "",
+             "| case | cell | " + " | ".join(heading for _, heading, _ in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for case, cell, timings in rows:
+        lines.append(f"| `{escape(case)}` | {cell} | "
+                     + " | ".join(tables.format_figure(timings.get(key), unit) for key, _, unit in columns) + " |")
+    return lines
+
+
+def render_save_matrix(cells: list[dict]) -> list[str]:
+    columns, rows = tables.save_matrix(cells)
+    if not rows:
+        return []
+    lines = ["", "## .keras files across backends (saved under x loaded under)", "",
+             "| case | saved under | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for case, source, results in rows:
+        lines.append(f"| `{escape(case)}` | {source} | "
+                     + " | ".join(tables.STATUS_MARKS.get(results.get(col, ""), "—") for col in columns) + " |")
+    return lines
+
+
+def render_failures(cells: list[dict]) -> list[str]:
+    failed = tables.failures(cells)
+    if not failed:
+        return []
+    lines = ["", "## Failures", ""]
+    for c in failed:
+        f = c.get("failure") or {}
+        bad = tables.failed_checks(c)
+        where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
+        lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**"
+                     + (f" ({where}: {escape(f.get('message', ''))[:MESSAGE_CHARS]})" if f else "")
+                     + ("; " + escape("; ".join(bad))[:MESSAGE_CHARS] if bad and not f else ""))
+        if f.get("hint"):
+            lines.append(f"  - hint: {escape(f['hint'])}")
+        if c.get("xfail"):
+            lines.append(f"  - declared: {escape(c['xfail']['expected'])} ({escape(c['xfail']['reason'])})")
+    return lines

@@ -1,0 +1,115 @@
+"""What a report shows, as plain rows: the Markdown and HTML pages render the same tables.
+
+Each function takes the `cells` of a parity.json (one record per case and cell) and returns
+rows in a stable order: cases as they were run, cells tensorflow, jax, torch; cpu before gpu;
+nojit before jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+STATUS_MARKS = {
+    "pass": "✅ pass",
+    "mismatch": "❌ mismatch",
+    "error": "💥 error",
+    "compile_error": "🛠 compile_error",
+    "crash": "☠ crash",
+    "timeout": "⏱ timeout",
+    "skip": "⏭ skip",
+    "xfail": "➖ xfail",
+}
+
+
+def cell_order(cell_id: str) -> tuple:
+    backend, device, jit = cell_id.split("-")
+    order = {"tensorflow": 0, "jax": 1, "torch": 2, "cpu": 0, "gpu": 1, "nojit": 0, "jit": 1}
+    return (order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
+
+
+def status_counts(cells: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def worst_error(record: dict) -> float | None:
+    """The largest absolute output error against the reference, where one was measured."""
+    return record.get("checks", {}).get("outputs", {}).get("max_abs_err") or None
+
+
+@dataclasses.dataclass
+class Matrix:
+    cell_ids: list[str]
+    rows: list[tuple[str, list[dict | None]]]  # (case, the record of each cell or None)
+
+
+def matrix(cells: list[dict]) -> Matrix:
+    cell_ids = sorted({c["cell"] for c in cells}, key=cell_order)
+    by_key = {(c["case"], c["cell"]): c for c in cells}
+    cases = list(dict.fromkeys(c["case"] for c in cells))
+    return Matrix(cell_ids, [(case, [by_key.get((case, cell)) for cell in cell_ids]) for case in cases])
+
+
+def failures(cells: list[dict]) -> list[dict]:
+    """Every record that did not simply pass or skip, declared failures included."""
+    return [c for c in cells if c.get("failure") or c["status"] not in ("pass", "skip")]
+
+
+def failed_checks(record: dict) -> list[str]:
+    return [f"{name}: {chk.get('message') or chk['status']}" for name, chk in record.get("checks", {}).items()
+            if chk.get("status") not in ("pass", "skip", None)]
+
+
+def compile_failures(cells: list[dict]) -> list[dict]:
+    """Cells whose jit compiler failed (status compile_error, or declared as such)."""
+    rows = []
+    for c in cells:
+        actual = (c.get("xfail") or {}).get("actual", c["status"])
+        if "compile_error" not in (c["status"], actual):
+            continue
+        f = c.get("failure") or {}
+        rows.append({"case": c["case"], "cell": c["cell"], "status": c["status"],
+                     "where": "/".join(x for x in (f.get("check"), f.get("phase")) if x),
+                     "kind": f.get("kind", ""), "exception": f.get("exception", ""),
+                     "unsupported_ops": f.get("unsupported_ops", []), "hint": f.get("hint") or ""})
+    return rows
+
+
+TIMING_COLUMNS = (  # (key in `timings`, heading, unit)
+    ("build_s", "build", "s"),
+    ("predict_first_s", "predict first", "s"),
+    ("predict_median_s", "predict median", "s"),
+    ("train_first_s", "train first", "s"),
+    ("train_median_s", "train step median", "s"),
+    ("worker_peak_rss_mb", "worker peak RSS", "MB"),
+    ("gpu_peak_mb", "GPU peak", "MB"),
+)
+
+
+def timing_rows(cells: list[dict]) -> list[tuple[str, str, dict]]:
+    """(case, cell, timings) for every cell that measured any."""
+    rows = [(c["case"], c["cell"], c["timings"]) for c in cells if c.get("timings")]
+    cases = list(dict.fromkeys(case for case, _, _ in rows))
+    return sorted(rows, key=lambda r: (cases.index(r[0]), cell_order(r[1])))
+
+
+def format_figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.2f} s"
+
+
+def save_matrix(cells: list[dict]) -> tuple[list[str], list[tuple[str, str, dict[str, str]]]]:
+    """`.keras` files saved under one cell and loaded under another: loader columns and
+    rows of (case, saved under, {loader: status})."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    loaders: set[str] = set()
+    for c in cells:
+        for source, result in c.get("checks", {}).get("save", {}).get("loaded_from", {}).items():
+            rows.setdefault((c["case"], source), {})[c["cell"]] = result["status"]
+            loaders.add(c["cell"])
+    return sorted(loaders, key=cell_order), [(case, source, r) for (case, source), r in rows.items()]
