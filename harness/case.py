@@ -49,11 +49,13 @@ class spec:  # noqa: N801 - lower case: it reads as a function in a case declara
 
 @dataclasses.dataclass(frozen=True)
 class XfailRule:
-    """One `xfail` entry: cells matching `pattern` must end with `status` (any failure if None)."""
+    """One `xfail` entry: cells matching `pattern` must end with `status` (any failure if None)
+    and, when `kind` is given, with a failure of that kind (the rule that picked its hint)."""
 
     pattern: str
     status: str | None
     reason: str
+    kind: str | None = None
 
     def matches(self, cell_id: str) -> bool:
         return fnmatch.fnmatchcase(cell_id, self.pattern)
@@ -69,6 +71,8 @@ class Case:
     rtol: float | None = None
     atol: float | None = None
     xfail: tuple[XfailRule, ...] = ()
+    covers: tuple[str, ...] = ()  # the APIs this case exercises, for the coverage table
+    repro: str | None = None  # a ready-to-run script that reproduces the case, shown on failure
 
     @property
     def name(self) -> str:
@@ -126,7 +130,7 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
     if not isinstance(xfail, dict):
         raise CaseDefinitionError(
             f"case {factory_name!r}: xfail must be a dict from a cell pattern "
-            f"(e.g. 'torch-*-jit') to a reason or to (status, reason)"
+            f"(e.g. 'torch-*-jit') to a reason, to (status, reason) or to (status, reason, kind)"
         )
     rules = []
     for pattern, value in xfail.items():
@@ -137,18 +141,18 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
         if isinstance(value, str):
             rules.append(XfailRule(pattern, None, value))
             continue
-        if isinstance(value, (tuple, list)) and len(value) == 2:
-            status, reason = value
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+            status, reason, kind = (*value, None) if len(value) == 2 else value
             if status not in FAILING_STATUSES:
                 raise CaseDefinitionError(
                     f"case {factory_name!r}: xfail[{pattern!r}] names status {status!r}; "
                     f"a declared failure must be one of {', '.join(FAILING_STATUSES)}"
                 )
-            rules.append(XfailRule(pattern, status, str(reason)))
+            rules.append(XfailRule(pattern, status, str(reason), kind))
             continue
         raise CaseDefinitionError(
-            f"case {factory_name!r}: xfail[{pattern!r}] must be a reason string or a "
-            f"(status, reason) pair, got {value!r}"
+            f"case {factory_name!r}: xfail[{pattern!r}] must be a reason string, a "
+            f"(status, reason) pair or a (status, reason, failure kind) triple, got {value!r}"
         )
     return tuple(rules)
 
@@ -162,11 +166,16 @@ def parity_case(
     rtol: float | None = None,
     atol: float | None = None,
     xfail: dict | None = None,
+    covers: list[str] | tuple[str, ...] = (),
+    repro: str | None = None,
 ) -> Callable[[Callable[[], Any]], Case]:
     """Declare a parity case: the decorated zero-argument factory builds the object to compare.
 
     The factory returns a `keras.Model`, a `keras.layers.Layer` (called on the inputs) or a
     plain callable built from `keras.ops`. Each case becomes one pytest item per cell.
+    `covers` names the APIs the case exercises (`keras.layers.Dense`, `keras.ops.matmul`,
+    `migration.pitfall05`); the report's coverage table counts them by namespace. `repro` is a
+    script that reproduces the case without keras-parity, printed with its failures.
     """
 
     def decorate(factory: Callable[[], Any]) -> Case:
@@ -180,6 +189,9 @@ def parity_case(
                     f"case {name!r}: unknown check(s) {unknown or checks!r}; choose from "
                     f"{', '.join(ALL_CHECKS)}"
                 )
+        if isinstance(covers, str) or not all(isinstance(c, str) and c for c in covers):
+            raise CaseDefinitionError(f"case {name!r}: covers must be a list of API names such as "
+                                      f"'keras.layers.Dense' or 'keras.ops.matmul'")
         for label, tol in (("rtol", rtol), ("atol", atol)):
             if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
                 raise CaseDefinitionError(f"case {name!r}: {label} must be a number >= 0")
@@ -192,6 +204,8 @@ def parity_case(
             rtol=rtol,
             atol=atol,
             xfail=_parse_xfail(xfail, name),
+            covers=tuple(covers),
+            repro=repro,
         )
 
     return decorate

@@ -84,6 +84,7 @@ class Judge:
             "case": self.case_ref.id, "cell": cell.id, "backend": cell.backend, "device": cell.device,
             "jit": cell.jit, "reference": self.plan.reference.id, "status": PASS, "checks": {},
             "failure": None, "timings": {}, "notes": [], "versions": self.pool.versions(cell.worker_key),
+            "covers": list(self.case.covers),
         }
 
     def skip_record(self, cell: Cell, reason: str) -> dict:
@@ -358,9 +359,13 @@ class Judge:
         if rule is None or record["status"] == SKIP:
             return record
         actual = record["status"]
-        met = is_failure(actual) and (rule.status is None or rule.status == actual)
+        actual_kind = (record.get("failure") or {}).get("kind")
+        met = (is_failure(actual) and (rule.status is None or rule.status == actual)
+               and (rule.kind is None or rule.kind == actual_kind))
         record["xfail"] = {"pattern": rule.pattern, "expected": rule.status or "any failure",
                            "reason": rule.reason, "actual": actual, "met": met}
+        if rule.kind is not None:
+            record["xfail"].update(expected_kind=rule.kind, actual_kind=actual_kind)
         if met:
             record["status"] = XFAIL
         return record

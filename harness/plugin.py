@@ -146,10 +146,12 @@ class ParityItem(pytest.Item):
                 raise CellFailed(f"[XPASS(strict)] {self.case_ref.id} [{self.cell.id}] passed, but "
                                  f"the case declares {declared['expected']}: {declared['reason']}. "
                                  f"Remove or narrow the xfail pattern {declared['pattern']!r}.")
-            raise CellFailed(f"declared {declared['expected']} ({declared['reason']}), got {status}:\n"
-                             + describe_failure(record))
+            expected = declared["expected"] + (f" of kind {declared['expected_kind']}" if "expected_kind" in declared else "")
+            got = status + (f" of kind {declared['actual_kind']}" if "expected_kind" in declared else "")
+            raise CellFailed(f"declared {expected} ({declared['reason']}), got {got}:\n"
+                             + describe_failure(record, self.case.repro))
         if status != PASS:
-            raise CellFailed(describe_failure(record))
+            raise CellFailed(describe_failure(record, self.case.repro))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CellFailed):
@@ -161,8 +163,9 @@ class ParityItem(pytest.Item):
         return self.path, (code.co_firstlineno - 1 if code else None), self.name
 
 
-def describe_failure(record: dict) -> str:
-    """The failure as a user reads it in pytest's output: status, check, message, hint."""
+def describe_failure(record: dict, repro: str | None = None) -> str:
+    """The failure as a user reads it in pytest's output: status, check, message, hint, and
+    the case's ready-to-run reproduction where it has one."""
     lines = [f"{record['case']} [{record['cell']}]: {record['status']}"]
     for name, check in record["checks"].items():
         if check.get("message") and check["status"] not in (PASS, SKIP):
@@ -181,6 +184,9 @@ def describe_failure(record: dict) -> str:
             lines.append("  worker log (tail):\n    " + "\n    ".join(tail))
     for note in record.get("notes", []):
         lines.append(f"  note: {note}")
+    if repro:
+        lines.append(f"  reproduce it (KERAS_BACKEND={record['backend']} python repro.py):\n    "
+                     + "\n    ".join(repro.strip().splitlines()))
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ def render(report: dict) -> str:
         f"<code>{esc(run.get('reference', '?'))}</code>.</p>",
         f"<p class=\"muted\">{versions}</p>" if versions else "",
         render_matrix(cells, anchors),
+        render_coverage(cells),
         render_compile_failures(cells),
         render_timings(cells),
         render_save_matrix(cells),
@@ -90,6 +91,22 @@ def render_matrix(cells: list[dict], anchors: dict) -> str:
         rows.append(f"<tr><th><code>{esc(case)}</code></th>{''.join(tds)}</tr>")
     return (f'<h2>Matrix</h2><table id="matrix"><thead><tr><th>case</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_coverage(cells: list[dict]) -> str:
+    backends, rows = tables.coverage(cells)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{esc(b)}</th>" for b in backends)
+    body = "".join(
+        f"<tr><td>{esc(row['namespace'])}</td><td>{len(row['apis'])}</td><td>{len(row['cases'])}</td>"
+        + "".join(f"<td>{len(row['diverging'][b])}<br><small>{esc(', '.join(sorted(row['diverging'][b])))}"
+                  "</small></td>" for b in backends) + "</tr>"
+        for row in rows)
+    return ("<h2>Coverage</h2><p>APIs the cases name in <code>covers</code>; per backend, those with a "
+            "cell that failed or is declared to fail.</p>"
+            f'<table id="coverage"><thead><tr><th>covered</th><th>APIs</th><th>cases</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
 
 
 def render_compile_failures(cells: list[dict]) -> str:

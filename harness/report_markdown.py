@@ -23,6 +23,7 @@ def render(report: dict) -> str:
     lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
                  + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
     lines += render_matrix(cells)
+    lines += render_coverage(cells)
     lines += render_compile_failures(cells)
     lines += render_timings(cells)
     lines += render_save_matrix(cells)
@@ -44,6 +45,27 @@ def render_matrix(cells: list[dict]) -> list[str]:
                        + (f" ({err:.1e})" if err else ""))
         lines.append(f"| `{escape(case)}` | " + " | ".join(row) + " |")
     return lines
+
+
+def render_coverage(cells: list[dict]) -> list[str]:
+    backends, rows = tables.coverage(cells)
+    if not rows:
+        return []
+    lines = ["", "## Coverage", "",
+             "APIs the cases name in `covers`; per backend, those with a cell that failed or is "
+             "declared to fail.", "",
+             "| covered | APIs | cases | " + " | ".join(backends) + " |", "|---" * (len(backends) + 3) + "|"]
+    for row in rows:
+        lines.append(f"| {escape(row['namespace'])} | {len(row['apis'])} | {len(row['cases'])} | "
+                     + " | ".join(diverging_summary(row["diverging"][b]) for b in backends) + " |")
+    return lines
+
+
+def diverging_summary(names: set[str], shown: int = 6) -> str:
+    if not names:
+        return "0"
+    listed = sorted(names)
+    return f"{len(listed)}: " + escape(", ".join(listed[:shown]) + (", ..." if len(listed) > shown else ""))
 
 
 def render_compile_failures(cells: list[dict]) -> list[str]:

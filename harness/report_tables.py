@@ -113,3 +113,25 @@ def save_matrix(cells: list[dict]) -> tuple[list[str], list[tuple[str, str, dict
             rows.setdefault((c["case"], source), {})[c["cell"]] = result["status"]
             loaders.add(c["cell"])
     return sorted(loaders, key=cell_order), [(case, source, r) for (case, source), r in rows.items()]
+
+
+def namespace(api: str) -> str:
+    """'keras.layers.Dense' -> 'keras.layers'; 'migration.pitfall05' -> 'migration'."""
+    return api.rsplit(".", 1)[0] if "." in api else api
+
+
+def coverage(cells: list[dict]) -> tuple[list[str], list[dict]]:
+    """What the cases' `covers` names add up to, per namespace: APIs and cases covered, and per
+    backend the APIs with a cell that failed or was declared to fail (a divergence found).
+    Returns (backends, rows)."""
+    backends = sorted({c["backend"] for c in cells if c.get("covers")}, key=lambda b: cell_order(f"{b}-cpu-nojit"))
+    rows: dict[str, dict] = {}
+    for c in cells:
+        for api in c.get("covers") or ():
+            row = rows.setdefault(namespace(api), {"namespace": namespace(api), "apis": set(), "cases": set(),
+                                                   "diverging": {b: set() for b in backends}})
+            row["apis"].add(api)
+            row["cases"].add(c["case"])
+            if c["status"] not in ("pass", "skip"):
+                row["diverging"][c["backend"]].add(api.rsplit(".", 1)[-1])
+    return backends, [rows[k] for k in sorted(rows)]

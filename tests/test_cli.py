@@ -167,7 +167,7 @@ def zz_hangs():
         pytest.fail(f"the run did not get going: {proc.communicate()[0].decode()[-2000:]}")
     time.sleep(1)  # the hanging cell is now running in its workers
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=60)[0].decode()
+    output = proc.communicate(timeout=120)[0].decode()  # generous: a loaded CI machine
     assert proc.returncode == 2, output  # pytest's "interrupted"
     assert "KeyboardInterrupt" in output
     assert worker_pids(proc.pid) == []

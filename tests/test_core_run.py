@@ -143,6 +143,12 @@ def torch_custom_op():
     return lambda x: scale(x)
 
 
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build"],
+                     xfail={"*-*-*": ("error", "model.save to a folder", "savedmodel_via_save")})
+def fails_for_another_reason_than_declared():
+    raise RuntimeError("not a saving problem")
+
+
 @harness.parity_case(inputs=harness.spec((2, 3)), xfail={"torch-*-*": "expected to fail, but passes"})
 def declared_but_passes():
     import keras
@@ -177,15 +183,15 @@ def run(tmp_path_factory):
 
 def test_every_case_gets_one_item_and_one_record_per_cell(run):
     items = run.outcomes()
-    assert len(items) == 14 * 6, run.output[-3000:]
+    assert len(items) == 15 * 6, run.output[-3000:]
     assert {n.split("[")[1].rstrip("]") for n in items} == set(CELLS)
     report = run.report
     assert report["schema"] == 1
-    assert len(report["cells"]) == 14 * 6
+    assert len(report["cells"]) == 15 * 6
     assert report["run"]["reference"] == "tensorflow-cpu-nojit"
     assert {"keras", "tensorflow", "jax", "torch"} <= set(report["run"]["versions"])
     lines = (run.path / "reports" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 14 * 6
+    assert len(lines) == 15 * 6
     matrix = (run.path / "reports" / "parity.md").read_text()
     assert "| case | tensorflow-cpu-nojit | tensorflow-cpu-jit | jax-cpu-nojit" in matrix
     assert "`test_cases.py::perturbed`" in matrix
@@ -326,3 +332,11 @@ def test_timings_are_measured_and_a_jit_cells_first_call_pays_its_compile(run, c
     assert 100 < timings["worker_peak_rss_mb"] < 20000
     assert 0 < timings["worker_rss_mb"] <= timings["worker_peak_rss_mb"]
     assert "gpu_peak_mb" not in timings
+
+
+def test_a_declared_failure_of_another_kind_fails_naming_both_kinds(run):
+    record = run.cell("fails_for_another_reason_than_declared", "jax-cpu-nojit")
+    assert record["status"] == "error" and record["xfail"]["met"] is False
+    assert (record["xfail"]["expected_kind"], record["xfail"]["actual_kind"]) == ("savedmodel_via_save", "exception")
+    assert run.outcomes()["fails_for_another_reason_than_declared[jax-cpu-nojit]"] == "failed"
+    assert "declared error of kind savedmodel_via_save (model.save to a folder), got error of kind exception" in run.output

@@ -106,6 +106,11 @@ def test_xfail_rules_match_cells_by_glob():
     assert case.xfail_rule("torch-cpu-jit").status == "compile_error"
     assert case.xfail_rule("jax-gpu-nojit").status is None
     assert case.xfail_rule("torch-cpu-nojit") is None
+    case = harness.parity_case(inputs=harness.spec((1,)), xfail={
+        "*-*-*": ("error", "model.save to a folder", "savedmodel_via_save")})(lambda: None)
+    assert case.xfail_rule("jax-cpu-jit").kind == "savedmodel_via_save"
+    with pytest.raises(harness.CaseDefinitionError, match="triple"):
+        harness.parity_case(inputs=harness.spec((1,)), xfail={"*-*-*": ("error",)})(lambda: None)
 
 
 # -- arrays across the process boundary ---------------------------------------------------

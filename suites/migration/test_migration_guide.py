@@ -1,0 +1,498 @@
+"""The Keras 2 to Keras 3 migration guide's pitfalls, each written the Keras 2 way and the fixed way.
+
+A `keras2_*` case is code as it worked under tf.keras; it declares, per cell, the status the
+tool must give it and the kind of failure (the classifier rule whose hint names the guide's
+fix), strictly: if Keras or a backend changes so that the code passes, the cell fails as an
+unexpected pass. A `fixed_*` case is the guide's fix, written for every backend; it passes
+every cell.
+
+Statuses measured on keras 3.15.1, tensorflow 2.21, jax 0.10.2, torch 2.13 (CPU).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+import harness
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def pitfall(number: int, **kwargs):
+    """A case for the guide's pitfall `number` (DESIGN.md's list), counted in the coverage table."""
+    return harness.parity_case(covers=[f"migration.pitfall{number:02d}"], **kwargs)
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+# -- 1. jit_compile is on by default on GPU; XLA cannot compile tf.strings ----------------
+
+def strings_model():
+    import keras
+
+    class MyModel(keras.Model):
+        def call(self, inputs):
+            import tensorflow as tf
+
+            string_input = tf.strings.as_string(inputs)
+            return tf.strings.to_number(string_input)
+
+    return MyModel()
+
+
+@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"])
+def keras2_pitfall01_tf_strings_under_xla():
+    return strings_model()
+
+
+@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"])
+def fixed_pitfall01_tf_strings_under_xla():
+    """The number-to-string-to-number round trip, in keras.ops: XLA and every backend run it."""
+    import keras
+
+    class MyModel(keras.Model):
+        def call(self, inputs):
+            return keras.ops.cast(inputs, "float32")
+
+    return MyModel()
+
+
+# -- 2. model.save("folder") no longer writes a SavedModel ---------------------------------
+
+def dense_model():
+    import keras
+
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+
+
+@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs"])
+def keras2_pitfall02_save_to_a_folder():
+    model = dense_model()
+    model.save(os.path.join(tempfile.mkdtemp(), "saved_model"))
+    return model
+
+
+@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs", "save", "export"])
+def fixed_pitfall02_save_to_a_folder():
+    """`.keras` for Keras (the save check), `model.export()` for a SavedModel (the export
+    check exports it and reloads it with TFSMLayer in a TensorFlow worker)."""
+    return dense_model()
+
+
+# -- 3. keras.models.load_model() no longer reads a SavedModel ------------------------------
+
+@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"])
+def keras2_pitfall03_load_model_on_a_savedmodel():
+    import keras
+
+    return keras.models.load_model(os.path.join(DATA, "keras2_savedmodel"))
+
+
+@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"])
+def fixed_pitfall03_load_model_on_a_savedmodel():
+    """TFSMLayer reloads the SavedModel, under TensorFlow only (Keras raises elsewhere); the
+    other backends load the same model's `.keras` file. Both hold the same weights."""
+    import keras
+
+    if backend() == "tensorflow":
+        return keras.layers.TFSMLayer(os.path.join(DATA, "keras2_savedmodel"), call_endpoint="serve")
+    return keras.models.load_model(os.path.join(DATA, "keras2_model.keras"))
+
+
+# -- 4. inputs nested more than one level deep ---------------------------------------------
+
+@pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": {"baz": harness.spec((2, 1))}},
+                     checks=["build", "outputs"])
+def keras2_pitfall04_deeply_nested_inputs():
+    import keras
+
+    inputs = {"foo": keras.Input(shape=(1,), name="foo"),
+              "bar": {"baz": keras.Input(shape=(1,), name="bar")}}
+    outputs = inputs["foo"] + inputs["bar"]["baz"]
+    return keras.Model(inputs, outputs)
+
+
+@pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": harness.spec((2, 1))})
+def fixed_pitfall04_deeply_nested_inputs():
+    import keras
+
+    inputs = {"foo": keras.Input(shape=(1,), name="foo"), "bar": keras.Input(shape=(1,), name="bar")}
+    outputs = keras.layers.Dense(2)(keras.layers.Add()([inputs["foo"], inputs["bar"]]))
+    return keras.Model(inputs, outputs)
+
+
+# -- 5. no autograph in call(): Python control flow on a tensor -----------------------------
+
+@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"])
+def keras2_pitfall05_python_if_on_a_tensor():
+    import keras
+
+    class MyCustomLayer(keras.layers.Layer):
+        def call(self, inputs):
+            if keras.ops.sum(inputs) > 0:
+                return inputs * 2
+            return inputs / 2
+
+    return MyCustomLayer()
+
+
+@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"])
+def fixed_pitfall05_python_if_on_a_tensor():
+    import keras
+
+    class MyCustomLayer(keras.layers.Layer):
+        def call(self, inputs):
+            return keras.ops.cond(keras.ops.sum(inputs) > 0, lambda: inputs * 2, lambda: inputs / 2)
+
+    return MyCustomLayer()
+
+
+# -- 6. TensorFlow ops on a KerasTensor ------------------------------------------------------
+
+@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"])
+def keras2_pitfall06_tf_op_on_a_keras_tensor():
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.layers.Input([2, 2, 1])
+    return keras.Model(inputs, tf.squeeze(inputs))
+
+
+@pitfall(6, inputs=harness.spec((2, 2, 2, 1)))
+def fixed_pitfall06_tf_op_on_a_keras_tensor():
+    import keras
+
+    inputs = keras.layers.Input([2, 2, 1])
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.ops.squeeze(inputs, axis=-1)))
+
+
+# -- 7. multi-output evaluate() no longer returns a loss per output --------------------------
+
+def two_output_model():
+    import keras
+    from keras import layers
+
+    inputs = layers.Input(shape=(10,))
+    x1 = layers.Dense(5, activation="relu")(inputs)
+    x2 = layers.Dense(5, activation="relu")(x1)
+    output_1 = layers.Dense(5, activation="softmax", name="output_1")(x1)
+    output_2 = layers.Dense(5, activation="softmax", name="output_2")(x2)
+    return keras.Model(inputs=inputs, outputs=[output_1, output_2])
+
+
+def evaluation_data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(10, 10)).astype("float32"), rng.uniform(size=(10, 5)).astype("float32")
+
+
+@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
+def keras2_pitfall07_per_output_losses_from_evaluate():
+    model = two_output_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x_test, y_test = evaluation_data()
+    total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
+    return model
+
+
+@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
+def fixed_pitfall07_per_output_losses_from_evaluate():
+    model = two_output_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy",
+                  metrics=["categorical_crossentropy", "categorical_crossentropy"])
+    x_test, y_test = evaluation_data()
+    total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
+    return model
+
+
+# -- 8. a tf.Variable attribute is not tracked ----------------------------------------------
+
+@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs"])
+def keras2_pitfall08_tf_variable_attribute():
+    import keras
+    import tensorflow as tf
+
+    class MyCustomLayer(keras.layers.Layer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = tf.Variable(initial_value=tf.zeros([input_shape[-1], self.units]))
+            self.b = tf.Variable(initial_value=tf.zeros([self.units]))
+
+        def call(self, inputs):
+            return keras.ops.matmul(inputs, self.w) + self.b
+
+    return MyCustomLayer(3)
+
+
+@pitfall(8, inputs=harness.spec((3, 3)))
+def fixed_pitfall08_tf_variable_attribute():
+    import keras
+
+    class MyCustomLayer(keras.layers.Layer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=[input_shape[-1], self.units], initializer="glorot_uniform")
+            self.b = self.add_weight(shape=[self.units], initializer="zeros")
+
+        def call(self, inputs):
+            return keras.ops.matmul(inputs, self.w) + self.b
+
+    return MyCustomLayer(3)
+
+
+# -- 9. None inside nested call() arguments -------------------------------------------------
+
+@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"])
+def keras2_pitfall09_none_in_nested_call_arguments():
+    import keras
+
+    class CustomLayer(keras.layers.Layer):
+        def call(self, inputs):
+            foo = inputs["foo"]
+            baz = inputs["bar"]["baz"]
+            if baz is not None:
+                return foo + baz
+            return foo
+
+    foo = keras.Input(shape=(1,), name="foo")
+    return keras.Model(foo, CustomLayer()({"foo": foo, "bar": {"baz": None}}))
+
+
+@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"])
+def fixed_pitfall09_none_in_nested_call_arguments():
+    import keras
+
+    class CustomLayer(keras.layers.Layer):
+        def call(self, foo, baz=None):
+            if baz is not None:
+                return foo + baz
+            return foo
+
+    foo = keras.Input(shape=(1,), name="foo")
+    return keras.Model(foo, CustomLayer()(foo, baz=None))
+
+
+# -- 10. state must be created in __init__() or build(), not in call() -----------------------
+
+def positional_embedding(with_build: bool):
+    import keras
+    from keras import layers
+
+    class PositionalEmbedding(layers.Layer):
+        def __init__(self, sequence_length, output_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.position_embeddings = layers.Embedding(input_dim=sequence_length, output_dim=output_dim)
+            self.sequence_length = sequence_length
+            self.output_dim = output_dim
+
+        def call(self, inputs):
+            inputs = keras.ops.cast(inputs, self.compute_dtype)
+            length = keras.ops.shape(inputs)[1]
+            positions = keras.ops.arange(start=0, stop=length, step=1)
+            embedded_positions = self.position_embeddings(positions)
+            return inputs + embedded_positions
+
+    class BuiltPositionalEmbedding(PositionalEmbedding):
+        def build(self, input_shape):
+            self.position_embeddings.build(input_shape)
+
+    return (BuiltPositionalEmbedding if with_build else PositionalEmbedding)(8, 4)
+
+
+@pitfall(10, inputs=harness.spec((2, 8, 4)))
+def keras2_pitfall10_sublayer_built_in_call():
+    """The guide's own example, which failed under JAX on Keras 3.0. On Keras 3.15 it passes
+    every cell: Keras builds the unbuilt Embedding by tracing call() symbolically."""
+    return positional_embedding(with_build=False)
+
+
+@pitfall(10, inputs=harness.spec((2, 8, 4)))
+def fixed_pitfall10_sublayer_built_in_call():
+    return positional_embedding(with_build=True)
+
+
+@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"])
+def keras2_pitfall10_weight_created_in_call():
+    """What still fails on Keras 3.15: a weight created on the first call()."""
+    import keras
+
+    class LazyScale(keras.layers.Layer):
+        def call(self, inputs):
+            if not hasattr(self, "scale"):
+                self.scale = self.add_weight(shape=(inputs.shape[-1],), initializer="ones")
+            return inputs * self.scale
+
+    return LazyScale()
+
+
+@pitfall(10, inputs=harness.spec((2, 3)))
+def fixed_pitfall10_weight_created_in_call():
+    import keras
+
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, inputs):
+            return inputs * self.scale
+
+    return Scale()
+
+
+# -- 11. removed APIs -------------------------------------------------------------------------
+
+@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"])
+def keras2_pitfall11_thresholded_relu():
+    import keras
+
+    return keras.layers.ThresholdedReLU(theta=0.5)
+
+
+@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"])
+def fixed_pitfall11_thresholded_relu():
+    """ThresholdedReLU(theta) is x where x > theta, else 0; ReLU(threshold=theta) is the same."""
+    import keras
+
+    return keras.layers.ReLU(threshold=0.5)
+
+
+@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"])
+def keras2_pitfall11_rnn_time_major():
+    import keras
+
+    return keras.layers.SimpleRNN(4, time_major=True)
+
+
+@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"])
+def fixed_pitfall11_rnn_time_major():
+    """Transpose the time-major inputs (time, batch, features) to batch-major around the RNN."""
+    import keras
+
+    inputs = keras.Input((2, 3), batch_size=5)
+    return keras.Model(inputs, keras.layers.SimpleRNN(4)(keras.ops.transpose(inputs, (1, 0, 2))))
+
+
+# -- 12. tf.* calls replaced by keras.ops.* ------------------------------------------------------
+
+@pitfall(12, inputs=harness.spec((4, 6)))
+def keras2_pitfall12_tf_ops_in_a_layer():
+    import keras
+    import tensorflow as tf
+
+    class L2Pool(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="glorot_uniform")
+
+        def call(self, inputs):
+            x = tf.abs(tf.matmul(inputs, self.kernel))
+            x = tf.gather(x, [2, 0], axis=1)
+            return tf.nn.l2_normalize(x, axis=-1) * tf.reduce_mean(x, axis=-1, keepdims=True)
+
+    return L2Pool()
+
+
+@pitfall(12, inputs=harness.spec((4, 6)))
+def fixed_pitfall12_tf_ops_in_a_layer():
+    import keras
+    from keras import ops
+
+    class L2Pool(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="glorot_uniform")
+
+        def call(self, inputs):
+            x = ops.absolute(ops.matmul(inputs, self.kernel))
+            x = ops.take(x, [2, 0], axis=1)
+            norm = ops.sqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+            return x / norm * ops.mean(x, axis=-1, keepdims=True)
+
+    return L2Pool()
+
+
+# -- 13. a custom train_step needs one implementation per backend ------------------------------
+
+def regression_model(model_class):
+    import keras
+
+    inputs = keras.Input((6,))
+    return model_class(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
+
+
+@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"])
+def keras2_pitfall13_train_step_with_gradient_tape():
+    import keras
+    import tensorflow as tf
+
+    class TapeModel(keras.Model):
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+            gradients = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            return {"loss": loss}
+
+    return regression_model(TapeModel)
+
+
+@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"])
+def fixed_pitfall13_train_step_with_gradient_tape():
+    """The guide's first fix: override only compute_loss(), which every backend's own
+    train_step calls (see suites/models for a train_step per backend)."""
+    import keras
+
+    class LossModel(keras.Model):
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return keras.ops.sum(keras.losses.mean_squared_error(y, y_pred, sample_weight))
+
+    return regression_model(LossModel)
+
+
+# -- 14. keras.random ops are stateless: an int seed repeats in compiled calls -------------------
+
+@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"])
+def keras2_pitfall14_int_seed_in_a_layer():
+    import keras
+
+    class RandomNoiseLayer(keras.layers.Layer):
+        def __init__(self, noise_rate, **kwargs):
+            super().__init__(**kwargs)
+            self.noise_rate = noise_rate
+            self.seed = 1337
+
+        def call(self, inputs):
+            self.seed += 1  # a new seed per call: works eagerly, frozen once compiled
+            noise = keras.random.uniform(keras.ops.shape(inputs), minval=0, maxval=self.noise_rate,
+                                         seed=self.seed)
+            return inputs + noise
+
+    return RandomNoiseLayer(0.1)
+
+
+@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"])
+def fixed_pitfall14_int_seed_in_a_layer():
+    import keras
+
+    class RandomNoiseLayer(keras.layers.Layer):
+        def __init__(self, noise_rate, **kwargs):
+            super().__init__(**kwargs)
+            self.noise_rate = noise_rate
+            self.seed_generator = keras.random.SeedGenerator(1337)
+
+        def call(self, inputs):
+            noise = keras.random.uniform(keras.ops.shape(inputs), minval=0, maxval=self.noise_rate,
+                                         seed=self.seed_generator)
+            return inputs + noise
+
+    return RandomNoiseLayer(0.1)

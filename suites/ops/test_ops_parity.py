@@ -1,0 +1,214 @@
+"""`keras.ops` parity across backends, and the migration guide's TensorFlow-to-keras.ops table.
+
+Two families of cases:
+
+- `tf_<op>__<keras op>`: a row of the guide's mapping table. The TensorFlow cells run the
+  Keras 2 code (`tf.abs(x)`), the JAX and torch cells the migrated code (`keras.ops.absolute(x)`),
+  so a row that does not hold shows up as a mismatch against the TensorFlow reference cell.
+  (The same keras.ops function under TensorFlow is an `ops_*` case.)
+- `ops_<name>` and `ops_<name>_edges`: one keras.ops function on examples that hypothesis
+  generates (shapes, dtypes, values), several examples per case so that each jit cell compiles
+  once. `_edges` examples draw from zeros of both signs, negatives, infinities, NaN, huge and
+  tiny magnitudes and empty arrays. Generation is seeded from the op's name, so every run sees
+  the same examples; each case carries a ready-to-run script that is printed with its failures.
+
+Every divergence found is declared in `DIVERGENCES` as a strict expected failure with the
+measured difference, so a fix in Keras or a backend shows up as an unexpected pass.
+"""
+
+import dataclasses
+import zlib
+from typing import Callable
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import harness
+
+EXAMPLES = 6  # per case: one compile per jit cell covers them all
+EDGE_VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, -2.5, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-38, 1e4, -1e4]
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+# -- generating examples with hypothesis ----------------------------------------------------
+
+def float_arrays(shape_strategy, edges: bool):
+    """float32 arrays: moderate finite values, or the edge values (NaN, infinities, ...)."""
+    elements = (st.sampled_from(EDGE_VALUES) if edges
+                else st.floats(-8, 8, width=32, allow_subnormal=False))
+    return hnp.arrays(np.float32, shape_strategy, elements=elements)
+
+
+def shapes(min_dims=0, max_dims=3, min_side=1, max_side=4):
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def draw_examples(strategy, name: str, count: int = EXAMPLES) -> list:
+    """`count` distinct examples from `strategy`, the same on every run (seeded by `name`)."""
+    found = []
+
+    @seed(zlib.crc32(name.encode()))
+    @settings(max_examples=count * 3, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(example):
+        if len(found) < count and not any(same_example(example, f) for f in found):
+            found.append(example)
+
+    collect()
+    return found
+
+
+def same_example(a, b) -> bool:
+    flat_a, flat_b = (x if isinstance(x, tuple) else (x,) for x in (a, b))
+    return len(flat_a) == len(flat_b) and all(
+        np.asarray(x).shape == np.asarray(y).shape and np.array_equal(x, y, equal_nan=True)
+        for x, y in zip(flat_a, flat_b))
+
+
+def literal(value) -> str:
+    """Python source that rebuilds `value` exactly (float32 values round-trip through repr)."""
+    if isinstance(value, tuple):
+        return "(" + "".join(literal(v) + ", " for v in value) + ")"
+    if isinstance(value, np.ndarray):
+        items = repr(value.tolist()).replace("nan", "np.nan").replace("inf", "np.inf")
+        return f"np.array({items}, dtype='{value.dtype}').reshape({value.shape})"
+    return repr(value)
+
+
+# -- the ops --------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Op:
+    name: str  # the keras.ops function
+    examples: Callable[[bool], object]  # edges -> a strategy of argument tuples
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    edges: bool = True  # also an `_edges` case
+    rtol: float | None = None
+    atol: float | None = None
+
+
+def edge_shapes():
+    """Edge values need room: at least two per array (the empty array is added to every case)."""
+    return shapes(min_dims=1, min_side=2)
+
+
+def unary():
+    return lambda edges: st.tuples(float_arrays(edge_shapes() if edges else shapes(), edges))
+
+
+def binary():
+    """Two arrays of one shape (broadcasting is the manipulation ops' business)."""
+    def strategy(edges):
+        return (edge_shapes() if edges else shapes()).flatmap(
+            lambda shape: st.tuples(float_arrays(st.just(shape), edges), float_arrays(st.just(shape), edges)))
+    return strategy
+
+
+def along_axis():
+    """An array of at least one dimension (ops that work along the last axis)."""
+    return lambda edges: st.tuples(float_arrays(edge_shapes() if edges else shapes(min_dims=1), edges))
+
+
+def reduction():
+    return lambda edges: st.tuples(float_arrays(edge_shapes() if edges else shapes(min_dims=1), edges))
+
+
+def matrices(square=True):
+    def strategy(edges):
+        n = st.integers(1, 4)
+        return st.tuples(n, n).flatmap(lambda nm: st.tuples(
+            float_arrays(st.just((nm[0], nm[0] if square else nm[1])), edges)))
+    return strategy
+
+
+def matmul_pair(edges):
+    return st.tuples(st.integers(1, 4), st.integers(0 if edges else 1, 4), st.integers(1, 4)).flatmap(
+        lambda d: st.tuples(float_arrays(st.just((d[0], d[1])), edges), float_arrays(st.just((d[1], d[2])), edges)))
+
+
+def logits_and_labels(edges):
+    return st.tuples(st.integers(1, 4), st.integers(2, 5)).flatmap(lambda d: st.tuples(
+        hnp.arrays(np.int32, (d[0],), elements=st.integers(0, d[1] - 1)),
+        float_arrays(st.just((d[0], d[1])), edges)))
+
+
+def spd_matrix(edges):
+    """A symmetric positive definite matrix, for cholesky and solve."""
+    return matrices()(edges).map(lambda a: (a[0] @ a[0].T + np.eye(len(a[0]), dtype=np.float32) * 4,))
+
+
+UNARY = ["absolute", "negative", "sign", "square", "sqrt", "exp", "expm1", "log", "log1p", "log2",
+         "log10", "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "arcsinh",
+         "arccosh", "arctanh", "floor", "ceil", "round", "reciprocal", "sigmoid", "relu", "relu6", "gelu",
+         "silu", "softplus", "softsign", "elu", "selu", "leaky_relu", "log_sigmoid", "hard_sigmoid",
+         "hard_silu", "erf", "isnan", "isinf", "isfinite"]
+ALONG_AXIS = ["softmax", "log_softmax", "cumsum", "cumprod", "sort", "argsort", "flip"]
+BINARY = ["add", "subtract", "multiply", "divide", "floor_divide", "mod", "power", "maximum", "minimum",
+          "arctan2", "logaddexp", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal"]
+REDUCTIONS = ["sum", "mean", "max", "min", "prod", "std", "var", "argmax", "argmin", "logsumexp", "median"]
+
+OPS = (
+    [Op(name, unary()) for name in UNARY]
+    + [Op(name, along_axis()) for name in ALONG_AXIS]
+    + [Op(name, matrices(square=False)) for name in ("tril", "triu")]
+    + [Op(name, binary()) for name in BINARY]
+    + [Op(name, reduction()) for name in REDUCTIONS]
+    + [Op("sum_axis0", reduction(), {"axis": 0}), Op("mean_keepdims", reduction(), {"axis": -1, "keepdims": True})]
+    + [Op("matmul", matmul_pair), Op("inv", matrices(), edges=False, rtol=1e-4, atol=1e-4),
+       Op("det", matrices(), edges=False, rtol=1e-4, atol=1e-4),
+       Op("cholesky", spd_matrix, edges=False, rtol=1e-4, atol=1e-5),
+       Op("norm", reduction()), Op("sparse_categorical_crossentropy", logits_and_labels, {"from_logits": True}),
+       Op("clip", unary(), {"x_min": -1.0, "x_max": 2.0}), Op("top_k", reduction(), {"k": 1}),
+       Op("one_hot", lambda edges: st.tuples(
+           hnp.arrays(np.int32, shapes(max_dims=2), elements=st.integers(-1, 5))), {"num_classes": 5}, edges=False)]
+)
+
+# keras.ops function name of an Op whose case name differs from it.
+FUNCTION = {"sum_axis0": "sum", "mean_keepdims": "mean"}
+
+# Divergences found on keras 3.15.1 (tensorflow 2.21, jax 0.10.2, torch 2.13, CPU), declared strictly:
+# case name -> {cell pattern: (status, reason with the measured difference)}.
+DIVERGENCES: dict[str, dict] = {}
+
+
+def op_case(op: Op, edges: bool):
+    name = f"ops_{op.name}" + ("_edges" if edges else "")
+    function = FUNCTION.get(op.name, op.name)
+    examples = draw_examples(op.examples(edges), name)
+    if edges:  # besides hypothesis' draws: every edge value once, and zero-size arrays
+        largest = max(examples, key=lambda e: sum(a.size for a in e))
+        examples.insert(0, tuple(np.resize(np.roll(np.array(EDGE_VALUES, a.dtype), 3 * i), a.shape)
+                                 if a.dtype.kind == "f" else a for i, a in enumerate(largest)))
+        examples.append(tuple(np.zeros((0,) + a.shape[1:], a.dtype) for a in examples[0]))
+    kwargs = op.kwargs
+
+    def factory():
+        import keras
+
+        fn = getattr(keras.ops, function)
+        return lambda *examples: [fn(*args, **kwargs) for args in examples]
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = __name__
+    repro = "\n".join([
+        "import numpy as np", "import keras", "",
+        f"examples = [{', '.join(literal(e) for e in examples)}]",
+        "for args in examples:",
+        f"    print(keras.ops.convert_to_numpy(keras.ops.{function}(*args, **{kwargs!r})))"])
+    return name, harness.parity_case(inputs=tuple(examples), checks=["build", "outputs"], rtol=op.rtol,
+                                     atol=op.atol, xfail=DIVERGENCES.get(name), covers=[f"keras.ops.{function}"],
+                                     repro=repro)(factory)
+
+
+for _op in OPS:
+    for _edges in ((False, True) if _op.edges else (False,)):
+        _name, _case = op_case(_op, _edges)
+        globals()[_name] = _case
