@@ -28,23 +28,28 @@ UNTRACKED_STATE_HINT = (
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Matches an exception by the names in its type's MRO and/or a regex on its message."""
+    """Matches an exception by the names in its type's MRO, a regex on its message and/or a
+    regex on its formatted traceback (for errors another error hides: JAX 0.10's tracer
+    errors fail to format under Keras' symbolic build, leaving only their source line)."""
 
     name: str
     hint: str
     types: tuple[str, ...] = ()
     message: str | None = None
+    traceback: str | None = None
     compile_failure: bool = False  # a failure of a jit compiler (XLA, tracing, inductor)
     checks: tuple[str, ...] = ()  # only for failures of these checks (all when empty)
 
-    def matches(self, type_names: list[str], text: str, check: str = "") -> bool:
+    def matches(self, type_names: list[str], text: str, check: str = "", tb: str = "") -> bool:
         if self.checks and check not in self.checks:
             return False
         if self.types and not any(t in type_names for t in self.types):
             return False
         if self.message is not None and not re.search(self.message, text, re.S):
             return False
-        return bool(self.types or self.message)
+        if self.traceback is not None and not re.search(self.traceback, tb):
+            return False
+        return bool(self.types or self.message or self.traceback)
 
 
 SHAPE_ERROR = (r"Dimensions must be equal|incompatible shapes|must match the size of tensor|"
@@ -80,6 +85,38 @@ RULES = (
         "call(). Use keras.ops.cond / keras.ops.where",
         message=r"as a Python `bool` is not allowed|Attempted boolean conversion of traced array|"
         r"Data-dependent jumps|data-dependent control flow",
+    ),
+    Rule(
+        "python_bool_on_tensor",
+        "Python control flow on a tensor inside call() (under JAX the error is hidden behind "
+        "an AttributeError from JAX's own error message): use keras.ops.cond / keras.ops.where",
+        types=("AttributeError",),
+        traceback=r"Attempted boolean conversion of",
+    ),
+    Rule(
+        "tf_or_numpy_op_in_call",
+        "call() runs TensorFlow (tf.*) or NumPy ops on this backend's tensors: they work only "
+        "under TensorFlow (or eagerly). Use keras.ops: tf.abs -> keras.ops.absolute, tf.gather "
+        "-> keras.ops.take, tf.reduce_mean -> keras.ops.mean, tf.nn.l2_normalize -> "
+        "keras.utils.normalize, x.numpy() -> keras.ops.convert_to_numpy",
+        traceback=r"The numpy\.ndarray conversion method __array__\(\) was called on",
+    ),
+    Rule(
+        "tf_or_numpy_op_in_call",
+        "call() returned a TensorFlow or NumPy value instead of this backend's tensor: tf.* "
+        "and np.* ops work only under TensorFlow. Use keras.ops: tf.abs -> keras.ops.absolute, "
+        "tf.gather -> keras.ops.take, tf.reduce_mean -> keras.ops.mean, tf.nn.l2_normalize -> "
+        "keras.utils.normalize",
+        message=r"All operation outputs must be tensors.*returned a non-tensor",
+    ),
+    Rule(
+        "train_step_per_backend",
+        "a TensorFlow-style train_step(self, data) does not run here: under JAX Keras calls "
+        "train_step(self, state, data) and expects (logs, state) back; under torch there is no "
+        "tf.GradientTape (use loss.backward()). Write one train_step per backend as the "
+        "migration guide shows, or override only compute_loss()",
+        message=r"train_step\(\) takes 2 positional arguments but 3 were given|GradientTape",
+        checks=("train",),
     ),
     Rule(
         "jax_tracer_leak",
@@ -168,7 +205,8 @@ RULES = (
         "and reset_metrics are gone)",
         message=r"has no attribute '(ThresholdedReLU|LocallyConnected1D|LocallyConnected2D|"
         r"RandomFourierFeatures|RadialConstraint)'|unexpected keyword argument '(constants|"
-        r"time_major|reset_metrics|dynamic)'",
+        r"time_major|reset_metrics|dynamic)'|Unrecognized keyword arguments passed to \w+: "
+        r"\{'(constants|time_major|dynamic)'",
     ),
     Rule(
         "export_failed",
@@ -212,7 +250,7 @@ def unsupported_ops(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def find_rule(exc: BaseException, check: str = "") -> Rule | None:
+def find_rule(exc: BaseException, check: str = "", tb: str = "") -> Rule | None:
     names = type_names(exc)
     text = f"{exc}"
     cause = exc.__cause__ or exc.__context__
@@ -220,7 +258,7 @@ def find_rule(exc: BaseException, check: str = "") -> Rule | None:
         text += f"\n{cause}"
         names += type_names(cause)
     for rule in RULES:
-        if rule.matches(names, text, check):
+        if rule.matches(names, text, check, tb):
             return rule
     return None
 
@@ -232,7 +270,8 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
     `jit_only` is True when the same step was re-run without jit in this cell and passed:
     that makes it a compile error whatever the exception says.
     """
-    rule = find_rule(exc, check)
+    tb = "".join(traceback.format_exception(exc))
+    rule = find_rule(exc, check, tb)
     message = ANSI_ESCAPE.sub("", str(exc)).strip() or repr(exc)
     cause = exc.__cause__ or exc.__context__
     if cause is not None:  # Keras re-raises with its own wording; keep the original's too
@@ -249,7 +288,7 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
         message=message[:4000],
         hint=rule.hint if rule else (JIT_OFF_HINT.capitalize() + " (it fails only with jit on)"
                                      if compile_error else None),
-        traceback="".join(traceback.format_exception(exc))[-6000:],
+        traceback=tb[-6000:],
     )
     if rule is not None and rule.name == "xla_unsupported_ops":
         failure.extra["unsupported_ops"] = unsupported_ops(message)

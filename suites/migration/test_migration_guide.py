@@ -45,7 +45,11 @@ def strings_model():
     return MyModel()
 
 
-@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"])
+@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"], xfail={
+    "tensorflow-*-jit": ("compile_error", "XLA cannot compile tf.strings (AsString, StringToNumber)",
+                         "xla_unsupported_ops"),
+    "jax-*-jit": ("compile_error", "tf.strings on a JAX tracer: TensorFlow converts its input to NumPy",
+                  "jax_tracer_leak")})
 def keras2_pitfall01_tf_strings_under_xla():
     return strings_model()
 
@@ -70,7 +74,8 @@ def dense_model():
     return keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
 
 
-@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs"])
+@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "model.save() to a folder raises: Keras 3 writes no SavedModel there", "savedmodel_via_save")})
 def keras2_pitfall02_save_to_a_folder():
     model = dense_model()
     model.save(os.path.join(tempfile.mkdtemp(), "saved_model"))
@@ -86,7 +91,8 @@ def fixed_pitfall02_save_to_a_folder():
 
 # -- 3. keras.models.load_model() no longer reads a SavedModel ------------------------------
 
-@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"])
+@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "load_model() refuses a SavedModel folder", "load_savedmodel")})
 def keras2_pitfall03_load_model_on_a_savedmodel():
     import keras
 
@@ -96,12 +102,15 @@ def keras2_pitfall03_load_model_on_a_savedmodel():
 @pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"])
 def fixed_pitfall03_load_model_on_a_savedmodel():
     """TFSMLayer reloads the SavedModel, under TensorFlow only (Keras raises elsewhere); the
-    other backends load the same model's `.keras` file. Both hold the same weights."""
+    other backends load the same model's `.keras` file. The two hold the same weights under
+    different variable names, so the case is a function: outputs are compared, not weights."""
     import keras
 
     if backend() == "tensorflow":
-        return keras.layers.TFSMLayer(os.path.join(DATA, "keras2_savedmodel"), call_endpoint="serve")
-    return keras.models.load_model(os.path.join(DATA, "keras2_model.keras"))
+        layer = keras.layers.TFSMLayer(os.path.join(DATA, "keras2_savedmodel"), call_endpoint="serve")
+    else:
+        layer = keras.models.load_model(os.path.join(DATA, "keras2_model.keras"))
+    return lambda x: layer(x)
 
 
 # -- 4. inputs nested more than one level deep ---------------------------------------------
@@ -109,6 +118,8 @@ def fixed_pitfall03_load_model_on_a_savedmodel():
 @pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": {"baz": harness.spec((2, 1))}},
                      checks=["build", "outputs"])
 def keras2_pitfall04_deeply_nested_inputs():
+    """No longer reproduces on Keras 3.15: keras.Model accepts the guide's dict of dicts of
+    inputs, and every cell passes."""
     import keras
 
     inputs = {"foo": keras.Input(shape=(1,), name="foo"),
@@ -128,11 +139,17 @@ def fixed_pitfall04_deeply_nested_inputs():
 
 # -- 5. no autograph in call(): Python control flow on a tensor -----------------------------
 
-@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"])
+@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"], xfail={
+    "tensorflow-*-*": ("error", "Python if on a symbolic tf.Tensor (OperatorNotAllowedInGraphError)",
+                       "python_bool_on_tensor"),
+    "jax-*-*": ("error", "Python if on a traced value; JAX 0.10's TracerBoolConversionError fails to format "
+                         "under Keras' symbolic build (AttributeError: '_error_repr')", "python_bool_on_tensor")})
 def keras2_pitfall05_python_if_on_a_tensor():
     import keras
 
     class MyCustomLayer(keras.layers.Layer):
+        """Passes under torch, whose symbolic build and torch.compile both run the Python if."""
+
         def call(self, inputs):
             if keras.ops.sum(inputs) > 0:
                 return inputs * 2
@@ -154,7 +171,8 @@ def fixed_pitfall05_python_if_on_a_tensor():
 
 # -- 6. TensorFlow ops on a KerasTensor ------------------------------------------------------
 
-@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"])
+@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "tf.squeeze on a KerasTensor while building a functional model", "keras_tensor_in_tf_op")})
 def keras2_pitfall06_tf_op_on_a_keras_tensor():
     import keras
     import tensorflow as tf
@@ -192,6 +210,8 @@ def evaluation_data():
 
 @pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
 def keras2_pitfall07_per_output_losses_from_evaluate():
+    """No longer reproduces on Keras 3.15: evaluate() of a two-output model compiled with one
+    loss returns [total, output_1 loss, output_2 loss] again, as tf.keras did."""
     model = two_output_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x_test, y_test = evaluation_data()
@@ -201,17 +221,21 @@ def keras2_pitfall07_per_output_losses_from_evaluate():
 
 @pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
 def fixed_pitfall07_per_output_losses_from_evaluate():
+    """The guide's fix: ask for each output's loss as a metric, and read results by name."""
     model = two_output_model()
     model.compile(optimizer="adam", loss="categorical_crossentropy",
                   metrics=["categorical_crossentropy", "categorical_crossentropy"])
     x_test, y_test = evaluation_data()
-    total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
+    results = model.evaluate(x_test, [y_test, y_test], verbose=0, return_dict=True)
+    per_output = [results[f"output_{i}_categorical_crossentropy"] for i in (1, 2)]
+    assert abs(sum(per_output) - results["loss"]) < 1e-4 * abs(results["loss"]), results
     return model
 
 
 # -- 8. a tf.Variable attribute is not tracked ----------------------------------------------
 
-@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs"])
+@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "tf.Variable attributes are not tracked: the layer has no weights", "untracked_state")})
 def keras2_pitfall08_tf_variable_attribute():
     import keras
     import tensorflow as tf
@@ -231,7 +255,7 @@ def keras2_pitfall08_tf_variable_attribute():
     return MyCustomLayer(3)
 
 
-@pitfall(8, inputs=harness.spec((3, 3)))
+@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs", "train"])
 def fixed_pitfall08_tf_variable_attribute():
     import keras
 
@@ -254,6 +278,8 @@ def fixed_pitfall08_tf_variable_attribute():
 
 @pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"])
 def keras2_pitfall09_none_in_nested_call_arguments():
+    """No longer reproduces on Keras 3.15: None inside a nested call() argument is accepted,
+    and every cell passes."""
     import keras
 
     class CustomLayer(keras.layers.Layer):
@@ -321,7 +347,8 @@ def fixed_pitfall10_sublayer_built_in_call():
     return positional_embedding(with_build=True)
 
 
-@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"])
+@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "add_weight() inside call(): Keras refuses state created after build", "unbuilt_state")})
 def keras2_pitfall10_weight_created_in_call():
     """What still fails on Keras 3.15: a weight created on the first call()."""
     import keras
@@ -351,7 +378,8 @@ def fixed_pitfall10_weight_created_in_call():
 
 # -- 11. removed APIs -------------------------------------------------------------------------
 
-@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"])
+@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "keras.layers.ThresholdedReLU was removed", "removed_api")})
 def keras2_pitfall11_thresholded_relu():
     import keras
 
@@ -366,7 +394,8 @@ def fixed_pitfall11_thresholded_relu():
     return keras.layers.ReLU(threshold=0.5)
 
 
-@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"])
+@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"], xfail={
+    "*-*-*": ("error", "the RNN time_major argument was removed", "removed_api")})
 def keras2_pitfall11_rnn_time_major():
     import keras
 
@@ -384,7 +413,10 @@ def fixed_pitfall11_rnn_time_major():
 
 # -- 12. tf.* calls replaced by keras.ops.* ------------------------------------------------------
 
-@pitfall(12, inputs=harness.spec((4, 6)))
+@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"], xfail={
+    "jax-*-*": ("error", "tf.* ops on JAX tensors: TensorFlow calls __array__ on a tracer", "tf_or_numpy_op_in_call"),
+    "torch-*-*": ("error", "tf.* ops on torch tensors return tf.Tensors, which Keras refuses as layer outputs",
+                  "tf_or_numpy_op_in_call")})
 def keras2_pitfall12_tf_ops_in_a_layer():
     import keras
     import tensorflow as tf
@@ -401,7 +433,7 @@ def keras2_pitfall12_tf_ops_in_a_layer():
     return L2Pool()
 
 
-@pitfall(12, inputs=harness.spec((4, 6)))
+@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"])
 def fixed_pitfall12_tf_ops_in_a_layer():
     import keras
     from keras import ops
@@ -435,7 +467,7 @@ def keras2_pitfall13_train_step_with_gradient_tape():
 
     class TapeModel(keras.Model):
         def train_step(self, data):
-            x, y = data
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
@@ -454,18 +486,26 @@ def fixed_pitfall13_train_step_with_gradient_tape():
 
     class LossModel(keras.Model):
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            return keras.ops.sum(keras.losses.mean_squared_error(y, y_pred, sample_weight))
+            # The guide's keras.losses.mean_squared_error(y, y_pred, sample_weight) takes no
+            # sample weights on Keras 3.15; the loss object does.
+            return keras.losses.MeanSquaredError(reduction="sum")(y, y_pred, sample_weight)
 
     return regression_model(LossModel)
 
 
 # -- 14. keras.random ops are stateless: an int seed repeats in compiled calls -------------------
 
-@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"])
+@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"], xfail={
+    "tensorflow-*-*": ("mismatch", "the int seed is frozen into the traced graph: compiled calls repeat their draws",
+                       "python_int_seed"),
+    "jax-*-jit": ("mismatch", "the int seed is frozen into the jitted function: calls repeat their draws",
+                  "python_int_seed")})
 def keras2_pitfall14_int_seed_in_a_layer():
     import keras
 
     class RandomNoiseLayer(keras.layers.Layer):
+        """Passes under torch: dynamo guards on the int and recompiles for each new seed."""
+
         def __init__(self, noise_rate, **kwargs):
             super().__init__(**kwargs)
             self.noise_rate = noise_rate
