@@ -24,8 +24,8 @@ def flatten(value: Any) -> tuple[Any, list[np.ndarray]]:
     leaves: list[np.ndarray] = []
 
     def walk(v):
-        if isinstance(v, dict):
-            return {"dict": [[str(k), walk(x)] for k, x in v.items()]}
+        if isinstance(v, dict):  # sorted, as keras.tree does: backends return dicts in different orders
+            return {"dict": [[str(k), walk(v[k])] for k in sorted(v, key=str)]}
         if isinstance(v, (list, tuple)):
             return {"tuple" if isinstance(v, tuple) else "list": [walk(x) for x in v]}
         if v is None:

@@ -73,6 +73,7 @@ class Case:
     xfail: tuple[XfailRule, ...] = ()
     covers: tuple[str, ...] = ()  # the APIs this case exercises, for the coverage table
     repro: str | None = None  # a ready-to-run script that reproduces the case, shown on failure
+    jit_checks: tuple[str, ...] | None = None  # the checks jit cells run (all when None)
 
     @property
     def name(self) -> str:
@@ -85,6 +86,10 @@ class Case:
     def wanted_checks(self) -> list[str]:
         """The checks this case runs, in the contract's order."""
         return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS)]
+
+    def runs_in(self, check: str, jit: bool) -> bool:
+        """Whether a cell with jit on/off runs `check` (a budget: `jit_checks`)."""
+        return not jit or self.jit_checks is None or check in self.jit_checks
 
     def seed(self, case_id: str) -> int:
         """A seed that depends only on the case's id, so every run draws the same inputs."""
@@ -168,6 +173,7 @@ def parity_case(
     xfail: dict | None = None,
     covers: list[str] | tuple[str, ...] = (),
     repro: str | None = None,
+    jit_checks: list[str] | tuple[str, ...] | None = None,
 ) -> Callable[[Callable[[], Any]], Case]:
     """Declare a parity case: the decorated zero-argument factory builds the object to compare.
 
@@ -176,17 +182,21 @@ def parity_case(
     `covers` names the APIs the case exercises (`keras.layers.Dense`, `keras.ops.matmul`,
     `migration.pitfall05`); the report's coverage table counts them by namespace. `repro` is a
     script that reproduces the case without keras-parity, printed with its failures.
+    `jit_checks` narrows what jit cells run, to budget slow compilers (torch.compile compiles
+    a train step in 10 s or more on CPU): `jit_checks=["build", "outputs"]`.
     """
 
     def decorate(factory: Callable[[], Any]) -> Case:
         if not callable(factory):
             raise CaseDefinitionError("@parity_case decorates a zero-argument factory function")
         name = getattr(factory, "__name__", repr(factory))
-        if checks is not None:
-            unknown = [c for c in checks if c not in ALL_CHECKS]
-            if unknown or not checks:
+        for label, chosen in (("checks", checks), ("jit_checks", jit_checks)):
+            if chosen is None:
+                continue
+            unknown = [c for c in chosen if c not in ALL_CHECKS]
+            if unknown or not chosen:
                 raise CaseDefinitionError(
-                    f"case {name!r}: unknown check(s) {unknown or checks!r}; choose from "
+                    f"case {name!r}: {label}: unknown check(s) {unknown or chosen!r}; choose from "
                     f"{', '.join(ALL_CHECKS)}"
                 )
         if isinstance(covers, str) or not all(isinstance(c, str) and c for c in covers):
@@ -206,6 +216,7 @@ def parity_case(
             xfail=_parse_xfail(xfail, name),
             covers=tuple(covers),
             repro=repro,
+            jit_checks=tuple(jit_checks) if jit_checks is not None else None,
         )
 
     return decorate

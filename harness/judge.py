@@ -123,7 +123,9 @@ class Judge:
         else:
             reply = outcome.reply
             # Copies: the reply's own dicts are read again for other cells.
-            record["checks"] = {c: dict(reply["checks"].get(c, NOT_RUN)) for c in self.wanted}
+            record["checks"] = {c: dict(reply["checks"].get(c, NOT_RUN)) if self.case.runs_in(c, cell.jit)
+                                else {"status": SKIP, "reason": "not run with jit on: the case's jit_checks"}
+                                for c in self.wanted}
             record["timings"] = reply.get("timings", {})
             record["notes"] = list(reply.get("notes", []))
             if reply.get("failure"):

@@ -161,6 +161,8 @@ def untracked_state(obj) -> list[str]:
     found = []
     layers = list(obj._flatten_layers()) if hasattr(obj, "_flatten_layers") else [obj]
     for layer in layers:
+        if type(layer).__module__.startswith("keras."):
+            continue  # Keras' own layers keep constants as attributes (Normalization's mean)
         # Under torch a layer is a torch.nn.Module, which files a Parameter attribute away in
         # its own `_parameters` registry (Keras keeps its variables under `_torch_params`).
         tracked = {id(v.value) for v in layer.weights}

@@ -119,8 +119,8 @@ class ParitySession:
                 **common,
                 "type": "run_cell",
                 "cell": cell.id,
-                "checks": [c for c in wanted
-                           if c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell],
+                "checks": [c for c in wanted if case.runs_in(c, cell.jit)
+                           and (c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell)],
                 "targets": targets_path,
                 "out_dir": out_dir,
                 "save_weights_to": weights_path if is_reference else None,

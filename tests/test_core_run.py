@@ -143,6 +143,13 @@ def torch_custom_op():
     return lambda x: scale(x)
 
 
+@harness.parity_case(inputs=harness.spec((4, 3)), checks=["build", "outputs", "train"],
+                     jit_checks=["build", "outputs"])
+def trained_only_without_jit():
+    import keras
+    return keras.layers.Dense(2)
+
+
 @harness.parity_case(inputs=harness.spec((2, 3)), checks=["build"],
                      xfail={"*-*-*": ("error", "model.save to a folder", "savedmodel_via_save")})
 def fails_for_another_reason_than_declared():
@@ -183,15 +190,15 @@ def run(tmp_path_factory):
 
 def test_every_case_gets_one_item_and_one_record_per_cell(run):
     items = run.outcomes()
-    assert len(items) == 15 * 6, run.output[-3000:]
+    assert len(items) == 16 * 6, run.output[-3000:]
     assert {n.split("[")[1].rstrip("]") for n in items} == set(CELLS)
     report = run.report
     assert report["schema"] == 1
-    assert len(report["cells"]) == 15 * 6
+    assert len(report["cells"]) == 16 * 6
     assert report["run"]["reference"] == "tensorflow-cpu-nojit"
     assert {"keras", "tensorflow", "jax", "torch"} <= set(report["run"]["versions"])
     lines = (run.path / "reports" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 15 * 6
+    assert len(lines) == 16 * 6
     matrix = (run.path / "reports" / "parity.md").read_text()
     assert "| case | tensorflow-cpu-nojit | tensorflow-cpu-jit | jax-cpu-nojit" in matrix
     assert "`test_cases.py::perturbed`" in matrix
@@ -340,3 +347,15 @@ def test_a_declared_failure_of_another_kind_fails_naming_both_kinds(run):
     assert (record["xfail"]["expected_kind"], record["xfail"]["actual_kind"]) == ("savedmodel_via_save", "exception")
     assert run.outcomes()["fails_for_another_reason_than_declared[jax-cpu-nojit]"] == "failed"
     assert "declared error of kind savedmodel_via_save (model.save to a folder), got error of kind exception" in run.output
+
+
+def test_jit_checks_narrow_what_jit_cells_run(run):
+    for cell in CELLS:
+        record = run.cell("trained_only_without_jit", cell)
+        assert record["status"] == "pass"
+        train = record["checks"]["train"]
+        if cell.endswith("-jit"):
+            assert train == {"status": "skip", "reason": "not run with jit on: the case's jit_checks"}
+            assert "train_first_s" not in record["timings"]
+        else:
+            assert train["status"] == "pass"

@@ -100,6 +100,14 @@ def test_bad_inputs_name_what_to_change():
         case.make_inputs(0)
 
 
+def test_jit_checks_are_validated_and_narrow_jit_cells_only():
+    case = harness.parity_case(inputs=harness.spec((1,)), jit_checks=["build", "outputs"])(lambda: None)
+    assert case.runs_in("train", jit=False) and not case.runs_in("train", jit=True)
+    assert case.runs_in("outputs", jit=True)
+    with pytest.raises(harness.CaseDefinitionError, match="jit_checks: unknown"):
+        harness.parity_case(inputs=harness.spec((1,)), jit_checks=["compile"])(lambda: None)
+
+
 def test_xfail_rules_match_cells_by_glob():
     case = harness.parity_case(inputs=harness.spec((1,)), xfail={
         "torch-*-jit": ("compile_error", "inductor"), "*-gpu-*": "no kernels"})(lambda: None)
@@ -246,3 +254,10 @@ def test_the_mapped_npz_reader_agrees_with_numpy(tmp_path):
         for key, value in values.items():
             assert read[key].dtype == value.dtype and read[key].shape == value.shape
             np.testing.assert_array_equal(read[key], value)
+
+
+def test_dict_leaves_travel_in_key_order_whatever_order_a_backend_returns():
+    a = {"b": np.zeros(2), "a": np.ones(3)}
+    b = {"a": np.ones(3), "b": np.zeros(2)}
+    assert arrays.leaf_names(arrays.flatten(a)[0]) == arrays.leaf_names(arrays.flatten(b)[0]) == [
+        "output['a']", "output['b']"]

@@ -225,3 +225,4 @@ def op_case(op: Op, name: str, examples: list):
 for _op in OPS:
     for _name, _case in op_cases(_op):
         globals()[_name] = _case
+del _op, _name, _case  # module attributes are collected: leave only the cases

@@ -165,3 +165,4 @@ def as_arguments(inputs):
 for _row in ROWS:
     _name, _case = mapping_case(*_row)
     globals()[_name] = _case
+del _row, _name, _case  # module attributes are collected: leave only the cases
