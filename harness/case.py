@@ -183,7 +183,8 @@ def parity_case(
     `migration.pitfall05`); the report's coverage table counts them by namespace. `repro` is a
     script that reproduces the case without keras-parity, printed with its failures.
     `jit_checks` narrows what jit cells run, to budget slow compilers (torch.compile compiles
-    a train step in 10 s or more on CPU): `jit_checks=["build", "outputs"]`.
+    a train step in 10 s or more on CPU): `jit_checks=["build", "outputs"]`; `jit_checks=[]`
+    runs the case with jit off only (its jit cells are `skip`).
     """
 
     def decorate(factory: Callable[[], Any]) -> Case:
@@ -194,7 +195,7 @@ def parity_case(
             if chosen is None:
                 continue
             unknown = [c for c in chosen if c not in ALL_CHECKS]
-            if unknown or not chosen:
+            if unknown or (not chosen and label == "checks"):
                 raise CaseDefinitionError(
                     f"case {name!r}: {label}: unknown check(s) {unknown or chosen!r}; choose from "
                     f"{', '.join(ALL_CHECKS)}"

@@ -289,7 +289,9 @@ class CellRun:
     def make(self, case):
         import keras
 
-        keras.backend.clear_session()  # variable paths must not carry name counters
+        # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
+        # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
+        keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(self.request["seed"])
         return case.factory()
 
@@ -629,7 +631,7 @@ def load_saved_models(request: dict) -> dict:
     custom = {}
     try:
         case = load_case(request["case"])
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
         obj = case.factory()
         custom = custom_objects_of(obj)
     except Exception:  # noqa: BLE001 - loading may still work without custom objects

@@ -88,10 +88,14 @@ class ParitySession:
         reference = self.plan.reference
         wanted = [c for c in case.wanted_checks() if c in self.checks]
         judge = Judge(case, case_ref, self.plan, self.pool, wanted)
+        skipped = {}
         for cell in cells:
-            if self.plan.skip_reason(cell):
-                self.records[(case_ref.id, cell.id)] = judge.skip_record(cell, self.plan.skip_reason(cell))
-        runnable = [reference] + [c for c in cells if c != reference and not self.plan.skip_reason(c)]
+            reason = self.plan.skip_reason(cell) or (
+                "the case runs with jit off only (jit_checks=[])" if cell.jit and case.jit_checks == () else None)
+            if reason:
+                skipped[cell] = reason
+                self.records[(case_ref.id, cell.id)] = judge.skip_record(cell, reason)
+        runnable = [reference] + [c for c in cells if c != reference and c not in skipped]
 
         seed = case.seed(case_ref.id)
         inputs_path = os.path.join(case_dir, "inputs.npz")

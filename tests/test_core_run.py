@@ -150,6 +150,12 @@ def trained_only_without_jit():
     return keras.layers.Dense(2)
 
 
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"], jit_checks=[])
+def run_only_without_jit():
+    import keras
+    return keras.layers.Dense(2)
+
+
 @harness.parity_case(inputs=harness.spec((2, 3)), checks=["build"],
                      xfail={"*-*-*": ("error", "model.save to a folder", "savedmodel_via_save")})
 def fails_for_another_reason_than_declared():
@@ -190,15 +196,15 @@ def run(tmp_path_factory):
 
 def test_every_case_gets_one_item_and_one_record_per_cell(run):
     items = run.outcomes()
-    assert len(items) == 16 * 6, run.output[-3000:]
+    assert len(items) == 17 * 6, run.output[-3000:]
     assert {n.split("[")[1].rstrip("]") for n in items} == set(CELLS)
     report = run.report
     assert report["schema"] == 1
-    assert len(report["cells"]) == 16 * 6
+    assert len(report["cells"]) == 17 * 6
     assert report["run"]["reference"] == "tensorflow-cpu-nojit"
     assert {"keras", "tensorflow", "jax", "torch"} <= set(report["run"]["versions"])
     lines = (run.path / "reports" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 16 * 6
+    assert len(lines) == 17 * 6
     matrix = (run.path / "reports" / "parity.md").read_text()
     assert "| case | tensorflow-cpu-nojit | tensorflow-cpu-jit | jax-cpu-nojit" in matrix
     assert "`test_cases.py::perturbed`" in matrix
@@ -359,3 +365,12 @@ def test_jit_checks_narrow_what_jit_cells_run(run):
             assert "train_first_s" not in record["timings"]
         else:
             assert train["status"] == "pass"
+
+    for cell in CELLS:
+        record = run.cell("run_only_without_jit", cell)
+        if cell.endswith("-jit"):
+            assert record["status"] == "skip"
+            assert record["skip_reason"] == "the case runs with jit off only (jit_checks=[])"
+            assert run.outcomes()[f"run_only_without_jit[{cell}]"] == "skipped"
+        else:
+            assert record["status"] == "pass"
