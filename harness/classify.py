@@ -99,7 +99,9 @@ RULES = (
         "under TensorFlow (or eagerly). Use keras.ops: tf.abs -> keras.ops.absolute, tf.gather "
         "-> keras.ops.take, tf.reduce_mean -> keras.ops.mean, tf.nn.l2_normalize -> "
         "keras.utils.normalize, x.numpy() -> keras.ops.convert_to_numpy",
-        traceback=r"The numpy\.ndarray conversion method __array__\(\) was called on",
+        # JAX's TracerArrayConversionError; its message line, or (masked) the line after it.
+        traceback=r"The numpy\.ndarray conversion method __array__\(\) was called on|"
+        r"jax/_src/errors\.py.*\n\s*f\"\{tracer\._error_repr\(\)\}\{tracer\._origin_msg\(\)\}\"\)",
     ),
     Rule(
         "tf_or_numpy_op_in_call",
@@ -115,7 +117,8 @@ RULES = (
         "train_step(self, state, data) and expects (logs, state) back; under torch there is no "
         "tf.GradientTape (use loss.backward()). Write one train_step per backend as the "
         "migration guide shows, or override only compute_loss()",
-        message=r"train_step\(\) takes 2 positional arguments but 3 were given|GradientTape",
+        message=r"train_step\(\) takes 2 positional arguments but 3 were given|GradientTape|"
+        r"Cannot convert the argument `type_value`: tensor\(",
         checks=("train",),
     ),
     Rule(

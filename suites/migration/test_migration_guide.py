@@ -49,7 +49,7 @@ def strings_model():
     "tensorflow-*-jit": ("compile_error", "XLA cannot compile tf.strings (AsString, StringToNumber)",
                          "xla_unsupported_ops"),
     "jax-*-jit": ("compile_error", "tf.strings on a JAX tracer: TensorFlow converts its input to NumPy",
-                  "jax_tracer_leak")})
+                  "tf_or_numpy_op_in_call")})
 def keras2_pitfall01_tf_strings_under_xla():
     return strings_model()
 
@@ -460,7 +460,11 @@ def regression_model(model_class):
     return model_class(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
 
 
-@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"])
+@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"], xfail={
+    "jax-*-*": ("error", "under JAX Keras calls train_step(state, data): 'takes 2 positional arguments but 3 "
+                         "were given'", "train_step_per_backend"),
+    "torch-*-*": ("error", "tf.GradientTape on torch tensors: 'Cannot convert the argument type_value: tensor(...) "
+                           "to a TensorFlow DType'", "train_step_per_backend")})
 def keras2_pitfall13_train_step_with_gradient_tape():
     import keras
     import tensorflow as tf

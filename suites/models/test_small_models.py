@@ -227,7 +227,7 @@ def train_step_per_backend_model():
             import jax
 
             trainable_variables, non_trainable_variables, optimizer_variables, metrics_variables = state
-            x, y = data
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
 
             def compute_loss(trainable_variables, non_trainable_variables):
                 y_pred, non_trainable_variables = self.stateless_call(
@@ -244,7 +244,7 @@ def train_step_per_backend_model():
         def _tensorflow_train_step(self, data):
             import tensorflow as tf
 
-            x, y = data
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
                 loss = keras.ops.mean(keras.ops.square(y - y_pred))
@@ -253,7 +253,7 @@ def train_step_per_backend_model():
             return {"loss": loss}
 
         def _torch_train_step(self, data):
-            x, y = data
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
             self.zero_grad()
             loss = keras.ops.mean(keras.ops.square(y - self(x, training=True)))
             loss.backward()
