@@ -12,7 +12,7 @@ PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c $(CON
 .PHONY: parity test bench clean
 
 parity: $(VENV)
-	$(PY) -m pytest suites --keras-backends=all $(PARITY_ARGS)
+	$(PY) -m pytest suites --keras-backends=all -n 2 $(PARITY_ARGS)
 
 test: $(VENV)
 	$(PY) -m pytest tests -ra

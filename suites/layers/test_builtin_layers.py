@@ -173,7 +173,10 @@ FAMILIES = {
         Entry("GroupNormalization_default", "GroupNormalization", {"groups": 2}, images((2, 4, 4, 4)), TRAIN),
         Entry("RMSNormalization_default", "RMSNormalization", {}, spec((3, 4, 5)), TRAIN),
         Entry("UnitNormalization_default", "UnitNormalization", {}, spec((3, 5))),
-        Entry("SpectralNormalization_dense", "SpectralNormalization", {}, spec((3, 5)), TRAIN, build=spectral_normalization),
+        Entry("SpectralNormalization_dense", "SpectralNormalization", {}, spec((3, 5)), TRAIN, build=spectral_normalization,
+              xfail={"jax-*-nojit": ("mismatch", "4 SGD steps under JAX train a different kernel (measured in "
+                                                 "layers_normalization: kernel[2, 3] -0.777 vs reference -0.385, "
+                                                 "vector_u off by 0.025, step-4 loss 13.686 vs 13.575)")}),
     ],
     "regularization": [
         Entry("Dropout_default", "Dropout", {"rate": 0.5}, spec((3, 6))),

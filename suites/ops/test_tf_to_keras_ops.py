@@ -127,7 +127,14 @@ ROWS = [
 ]
 
 # Rows whose two sides differ on the installed versions: case name -> xfail declaration.
-DIVERGENCES: dict[str, dict] = {}
+DIVERGENCES: dict[str, dict] = {
+    "rank__ops_ndim": {
+        "torch-*-*": ("mismatch", "tf.rank gives an int32 tensor, keras.ops.ndim a Python int: int64 here "
+                                  "(values equal)"),
+        "jax-*-nojit": ("mismatch", "tf.rank gives an int32 tensor, keras.ops.ndim a Python int: int64 here "
+                                    "(values equal; under jax.jit the int becomes int32 and matches)"),
+    },
+}
 
 
 def case_name(tf_name: str, ops_name: str) -> str:
