@@ -216,7 +216,10 @@ FAMILIES = {
               build=self_attention("MultiHeadAttention", num_heads=2, key_dim=4)),
         Entry("MultiHeadAttention_value_dim_no_bias", "MultiHeadAttention", {}, spec((2, 6, 8)), TRAIN,
               build=self_attention("MultiHeadAttention", num_heads=3, key_dim=2, value_dim=5, use_bias=False,
-                                   output_shape=6)),
+                                   output_shape=6),
+              xfail={"jax-*-nojit": ("error", "value_dim != key_dim under JAX eager: 'cannot reshape array of "
+                                              "shape (2, 6, 3, 1, 5) (size 180) into shape (2, 6, 3, 2)' "
+                                              "(TensorFlow and torch pass)")}),
         Entry("GroupQueryAttention_self", "GroupQueryAttention", {}, spec((2, 6, 8)), TRAIN,
               build=self_attention("GroupQueryAttention", head_dim=4, num_query_heads=4, num_key_value_heads=2)),
     ],
