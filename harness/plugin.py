@@ -18,6 +18,7 @@ import pytest
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
 from harness import gate as gate_rules
+from harness import report_tables
 from harness.report import ReportError, ReportWriter, read_report
 from harness.session import CaseRef, ParitySession
 from harness.statuses import PASS, SKIP, XFAIL
@@ -172,7 +173,7 @@ def describe_failure(record: dict, repro: str | None = None) -> str:
             lines.append(f"  {name}: {check['status']} - {check['message']}")
     failure = record.get("failure")
     if failure:
-        where = "/".join(str(x) for x in (failure.get("check"), failure.get("phase")) if x)
+        where = report_tables.failure_where(failure)
         lines.append(f"  failure ({where}): {failure.get('exception') or failure.get('kind')}: "
                      f"{failure.get('message', '')}")
         if failure.get("unsupported_ops"):

@@ -218,7 +218,7 @@ def render_failures(failed: list[dict], anchors: dict) -> str:
     parts = ["<h2>Failures</h2>"]
     for c in failed:
         f = c.get("failure") or {}
-        where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
+        where = tables.failure_where(f)
         parts.append(f'<section id="{anchors[(c["case"], c["cell"])]}" class="failure">'
                      f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}"
                      f"{' in ' + esc(where) if where else ''}</h3>")

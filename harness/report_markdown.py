@@ -117,7 +117,7 @@ def render_failures(cells: list[dict]) -> list[str]:
     for c in failed:
         f = c.get("failure") or {}
         bad = tables.failed_checks(c)
-        where = "/".join(str(x) for x in (f.get("check"), f.get("phase")) if x)
+        where = tables.failure_where(f)
         lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**"
                      + (f" ({where}: {escape(f.get('message', ''))[:MESSAGE_CHARS]})" if f else "")
                      + ("; " + escape("; ".join(bad))[:MESSAGE_CHARS] if bad and not f else ""))

@@ -62,6 +62,11 @@ def failed_checks(record: dict) -> list[str]:
             if chk.get("status") not in ("pass", "skip", None)]
 
 
+def failure_where(failure: dict) -> str:
+    """'outputs/predict': the check and phase a failure happened in."""
+    return "/".join(str(x) for x in (failure.get("check"), failure.get("phase")) if x)
+
+
 def compile_failures(cells: list[dict]) -> list[dict]:
     """Cells whose jit compiler failed (status compile_error, or declared as such)."""
     rows = []
@@ -71,7 +76,7 @@ def compile_failures(cells: list[dict]) -> list[dict]:
             continue
         f = c.get("failure") or {}
         rows.append({"case": c["case"], "cell": c["cell"], "status": c["status"],
-                     "where": "/".join(x for x in (f.get("check"), f.get("phase")) if x),
+                     "where": failure_where(f),
                      "kind": f.get("kind", ""), "exception": f.get("exception", ""),
                      "unsupported_ops": f.get("unsupported_ops", []), "hint": f.get("hint") or ""})
     return rows
