@@ -107,10 +107,26 @@ def call_function(fn, inputs):
     return fn(inputs)
 
 
+def backend_tensors(value):
+    """NumPy leaves as the backend's tensors (on the cell's device), as `fit` and `predict`
+    hand them to a compiled step. `torch.compile` given NumPy arrays breaks its graph on
+    them (`ndarray.dtype`) and traces the step two to five times slower."""
+    import keras
+
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, value)
+
+
 def to_numpy_tree(value):
     import keras
 
     return keras.tree.map_structure(lambda v: np.asarray(keras.ops.convert_to_numpy(v)), value)
+
+
+def torch_graphs_compiled() -> int:
+    """Graphs dynamo has handed to its backend in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def synchronize(backend: str, device: str) -> None:
@@ -257,6 +273,7 @@ class CellRun:
     def run(self) -> dict:
         if self.device == "gpu":
             memory.reset_gpu_peak(self.backend)
+        graphs_before = torch_graphs_compiled() if self.backend == "torch" and self.cell.jit else None
         try:
             self.run_checks()
         except StepFailed as failed:
@@ -264,6 +281,8 @@ class CellRun:
             self.failure = self.failure or failed.failure
             for check in self.wanted:
                 self.checks.setdefault(check, {"status": SKIP, "reason": f"{failed.failure.check} failed"})
+        if graphs_before is not None:
+            self.record_torch_graphs(torch_graphs_compiled() - graphs_before)
         self.record_memory()
         return {
             "type": "cell_result",
@@ -273,6 +292,13 @@ class CellRun:
             "notes": self.notes,
             "weights_loaded": self.weights_loaded,
         }
+
+    def record_torch_graphs(self, count: int) -> None:
+        """A torch jit cell says how many graphs torch.compile made: none means it ran eagerly."""
+        self.timings["compiled_graphs"] = count
+        if count == 0 and self.failure is None:
+            self.notes.append("torch.compile compiled no graph in this jit cell: dynamo ran every "
+                              "step eagerly (see the worker log for its reasons)")
 
     def record_memory(self) -> None:
         self.timings["worker_peak_rss_mb"] = memory.host_peak_mb()
@@ -292,6 +318,14 @@ class CellRun:
         # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
         # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
         keras.backend.clear_session(free_memory=False)
+        if self.backend == "torch" and self.cell.jit:
+            # Dynamo keeps compiled frames per code object across models, and after
+            # `recompile_limit` (8) recompiles of Keras' own frames it runs them eagerly for
+            # the rest of the process: a long-lived worker's later jit cells would quietly
+            # stop compiling. Each jit cell starts from an empty cache, as a user's process does.
+            import torch
+
+            torch._dynamo.reset()
         keras.utils.set_random_seed(self.request["seed"])
         return case.factory()
 
@@ -424,8 +458,9 @@ class CellRun:
         model.make_predict_function(force=True)
         return lambda inputs: model.predict_on_batch(inputs)
 
-    def check_outputs(self, obj, kind: str, inputs):
+    def check_outputs(self, obj, kind: str, arrays_in):
         predict = self.step("outputs", "compile", lambda: self.predictor(obj, kind, jit=self.cell.jit))
+        inputs = self.step("outputs", "inputs", lambda: backend_tensors(arrays_in))
         eager = lambda: self.predictor(obj, kind, jit=False)(inputs)  # noqa: E731
         with recording_random_use() as random_use:
             t0 = time.perf_counter()
@@ -479,7 +514,8 @@ class CellRun:
         import keras
 
         model = obj if kind == "model" else wrap_layer(obj, inputs)
-        targets = self.targets_for(outputs)
+        inputs, targets = self.step("train", "inputs", lambda: (
+            backend_tensors(inputs), backend_tensors(self.targets_for(outputs))))
 
         def compile_model():
             model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),

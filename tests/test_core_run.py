@@ -144,13 +144,14 @@ def torch_custom_op():
 
 
 @harness.parity_case(inputs=harness.spec((4, 3)), checks=["build", "outputs", "train"],
-                     jit_checks=["build", "outputs"])
+                     cell_checks={"*-*-jit": ["build", "outputs"]})
 def trained_only_without_jit():
     import keras
     return keras.layers.Dense(2)
 
 
-@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"], jit_checks=[])
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"],
+                     skip={"*-*-jit": "budget: compiled in another case"})
 def run_only_without_jit():
     import keras
     return keras.layers.Dense(2)
@@ -345,6 +346,8 @@ def test_timings_are_measured_and_a_jit_cells_first_call_pays_its_compile(run, c
     assert 100 < timings["worker_peak_rss_mb"] < 20000
     assert 0 < timings["worker_rss_mb"] <= timings["worker_peak_rss_mb"]
     assert "gpu_peak_mb" not in timings
+    # torch jit cells count the graphs torch.compile made: zero would mean dynamo ran eagerly
+    assert (timings.get("compiled_graphs", 0) >= 1) == (cell == "torch-cpu-jit"), timings
 
 
 def test_a_declared_failure_of_another_kind_fails_naming_both_kinds(run):
@@ -355,13 +358,13 @@ def test_a_declared_failure_of_another_kind_fails_naming_both_kinds(run):
     assert "declared error of kind savedmodel_via_save (model.save to a folder), got error of kind exception" in run.output
 
 
-def test_jit_checks_narrow_what_jit_cells_run(run):
+def test_cell_checks_narrow_and_skip_removes_what_cells_run(run):
     for cell in CELLS:
         record = run.cell("trained_only_without_jit", cell)
         assert record["status"] == "pass"
         train = record["checks"]["train"]
         if cell.endswith("-jit"):
-            assert train == {"status": "skip", "reason": "not run with jit on: the case's jit_checks"}
+            assert train == {"status": "skip", "reason": "not run in this cell: the case's cell_checks"}
             assert "train_first_s" not in record["timings"]
         else:
             assert train["status"] == "pass"
@@ -370,7 +373,7 @@ def test_jit_checks_narrow_what_jit_cells_run(run):
         record = run.cell("run_only_without_jit", cell)
         if cell.endswith("-jit"):
             assert record["status"] == "skip"
-            assert record["skip_reason"] == "the case runs with jit off only (jit_checks=[])"
+            assert record["skip_reason"] == "budget: compiled in another case"
             assert run.outcomes()[f"run_only_without_jit[{cell}]"] == "skipped"
         else:
             assert record["status"] == "pass"
