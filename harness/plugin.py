@@ -247,14 +247,13 @@ class ParityPlugin:
 
     # -- reports (in the process that sees every report: plain pytest or xdist controller)
 
-    def pytest_sessionstart(self, session) -> None:
-        if not self.is_xdist_worker:
-            self.writer = ReportWriter(self.report_dir)
-
     def pytest_runtest_logreport(self, report) -> None:
         record = getattr(report, "keras_parity", None)
-        if record is not None and self.writer is not None:
-            self.writer.add(record)
+        if record is None or self.is_xdist_worker:
+            return
+        if self.writer is None:  # opened at the first cell: a run with no case leaves reports alone
+            self.writer = ReportWriter(self.report_dir)
+        self.writer.add(record)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus) -> None:

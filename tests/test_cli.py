@@ -50,6 +50,17 @@ def test_a_bad_option_stops_the_run_with_a_usage_error(parity, args, message):
     assert not (run.path / "reports" / "workers").exists()  # nothing ran
 
 
+def test_a_run_without_cases_leaves_earlier_reports_alone(parity):
+    run = parity({"test_plain.py": "def test_plain():\n    assert True\n"})
+    assert run.returncode == 0, run.output
+    assert not (run.path / "reports").exists()
+    (run.path / "reports").mkdir()
+    (run.path / "reports" / "results.jsonl").write_text('{"earlier": "run"}\n')
+    run = parity({}, "-k", "plain")
+    assert run.returncode == 0, run.output
+    assert (run.path / "reports" / "results.jsonl").read_text() == '{"earlier": "run"}\n'
+
+
 def test_a_malformed_xfail_pattern_is_reported_at_collection(parity):
     run = parity('''
 import harness
