@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import zlib
 from typing import Any, Callable
 
@@ -18,6 +19,12 @@ from harness.statuses import FAILING_STATUSES
 
 #: Every check of the contract, in the order a cell runs them.
 ALL_CHECKS = ("build", "outputs", "train", "rng", "save", "export", "timing")
+
+
+def full_budget() -> bool:
+    """True under KERAS_PARITY_FULL=1: suites then also run the cells they budget away with
+    `skip` and `cell_checks` (torch.compile of every case, on a machine with the time)."""
+    return os.environ.get("KERAS_PARITY_FULL") == "1"
 
 
 class CaseDefinitionError(UsageError):
@@ -73,7 +80,14 @@ class Case:
     xfail: tuple[XfailRule, ...] = ()
     covers: tuple[str, ...] = ()  # the APIs this case exercises, for the coverage table
     repro: str | None = None  # a ready-to-run script that reproduces the case, shown on failure
-    jit_checks: tuple[str, ...] | None = None  # the checks jit cells run (all when None)
+    cell_checks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (cell pattern, checks run there)
+    skip: tuple[tuple[str, str], ...] = ()  # (cell pattern, reason): cells not run
+
+    def skip_reason(self, cell_id: str) -> str | None:
+        for pattern, reason in self.skip:
+            if fnmatch.fnmatchcase(cell_id, pattern):
+                return reason
+        return None
 
     @property
     def name(self) -> str:
@@ -87,9 +101,12 @@ class Case:
         """The checks this case runs, in the contract's order."""
         return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS)]
 
-    def runs_in(self, check: str, jit: bool) -> bool:
-        """Whether a cell with jit on/off runs `check` (a budget: `jit_checks`)."""
-        return not jit or self.jit_checks is None or check in self.jit_checks
+    def runs_in(self, check: str, cell_id: str) -> bool:
+        """Whether the cell runs `check` (a budget: `cell_checks` narrows it per cell)."""
+        for pattern, checks in self.cell_checks:
+            if fnmatch.fnmatchcase(cell_id, pattern):
+                return check in checks
+        return True
 
     def seed(self, case_id: str) -> int:
         """A seed that depends only on the case's id, so every run draws the same inputs."""
@@ -162,6 +179,44 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
     return tuple(rules)
 
 
+def _parse_cell_checks(cell_checks: dict | None, factory_name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not cell_checks:
+        return ()
+    if not isinstance(cell_checks, dict):
+        raise CaseDefinitionError(
+            f"case {factory_name!r}: cell_checks must be a dict from a cell pattern (e.g. "
+            f"'torch-*-jit') to the checks those cells run")
+    parsed = []
+    for pattern, checks in cell_checks.items():
+        try:
+            validate_pattern(pattern, f"case {factory_name!r}: cell_checks pattern")
+        except UsageError as exc:
+            raise CaseDefinitionError(str(exc)) from None
+        unknown = [c for c in checks if c not in ALL_CHECKS] if isinstance(checks, (list, tuple)) else [checks]
+        if unknown or not checks:
+            raise CaseDefinitionError(
+                f"case {factory_name!r}: cell_checks[{pattern!r}]: unknown check(s) {unknown or checks!r}; "
+                f"choose from {', '.join(ALL_CHECKS)} (to run those cells not at all: "
+                f"skip={{{pattern!r}: reason}})")
+        parsed.append((pattern, tuple(checks)))
+    return tuple(parsed)
+
+
+def _parse_skip(skip: dict | None, factory_name: str) -> tuple[tuple[str, str], ...]:
+    if not skip:
+        return ()
+    if not isinstance(skip, dict) or not all(isinstance(r, str) and r.strip() for r in skip.values()):
+        raise CaseDefinitionError(
+            f"case {factory_name!r}: skip must be a dict from a cell pattern (e.g. 'torch-*-jit') "
+            f"to the reason those cells are not run")
+    for pattern in skip:
+        try:
+            validate_pattern(pattern, f"case {factory_name!r}: skip pattern")
+        except UsageError as exc:
+            raise CaseDefinitionError(str(exc)) from None
+    return tuple(skip.items())
+
+
 def parity_case(
     *,
     inputs: Any,
@@ -173,7 +228,8 @@ def parity_case(
     xfail: dict | None = None,
     covers: list[str] | tuple[str, ...] = (),
     repro: str | None = None,
-    jit_checks: list[str] | tuple[str, ...] | None = None,
+    cell_checks: dict | None = None,
+    skip: dict | None = None,
 ) -> Callable[[Callable[[], Any]], Case]:
     """Declare a parity case: the decorated zero-argument factory builds the object to compare.
 
@@ -182,22 +238,22 @@ def parity_case(
     `covers` names the APIs the case exercises (`keras.layers.Dense`, `keras.ops.matmul`,
     `migration.pitfall05`); the report's coverage table counts them by namespace. `repro` is a
     script that reproduces the case without keras-parity, printed with its failures.
-    `jit_checks` narrows what jit cells run, to budget slow compilers (torch.compile compiles
-    a train step in 10 s or more on CPU): `jit_checks=["build", "outputs"]`; `jit_checks=[]`
-    runs the case with jit off only (its jit cells are `skip`).
+    `cell_checks` narrows what some cells run, to budget slow compilers (torch.compile compiles
+    a train step in 10 s or more on CPU): `cell_checks={"torch-*-jit": ["build", "outputs"]}`
+    (the first matching pattern decides). `skip` maps cell patterns to the reason those cells
+    are not run (`{"*-*-jit": "..."}` runs the case with jit off only); they are reported as
+    `skip` with that reason. Both are budgets: KERAS_PARITY_FULL=1 ignores them.
     """
 
     def decorate(factory: Callable[[], Any]) -> Case:
         if not callable(factory):
             raise CaseDefinitionError("@parity_case decorates a zero-argument factory function")
         name = getattr(factory, "__name__", repr(factory))
-        for label, chosen in (("checks", checks), ("jit_checks", jit_checks)):
-            if chosen is None:
-                continue
-            unknown = [c for c in chosen if c not in ALL_CHECKS]
-            if unknown or (not chosen and label == "checks"):
+        if checks is not None:
+            unknown = [c for c in checks if c not in ALL_CHECKS]
+            if unknown or not checks:
                 raise CaseDefinitionError(
-                    f"case {name!r}: {label}: unknown check(s) {unknown or chosen!r}; choose from "
+                    f"case {name!r}: checks: unknown check(s) {unknown or checks!r}; choose from "
                     f"{', '.join(ALL_CHECKS)}"
                 )
         if isinstance(covers, str) or not all(isinstance(c, str) and c for c in covers):
@@ -206,6 +262,8 @@ def parity_case(
         for label, tol in (("rtol", rtol), ("atol", atol)):
             if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
                 raise CaseDefinitionError(f"case {name!r}: {label} must be a number >= 0")
+        cell_checks_rules, skip_rules = _parse_cell_checks(cell_checks, name), _parse_skip(skip, name)
+        budgeted = not full_budget()
         return Case(
             factory=factory,
             inputs=inputs,
@@ -217,7 +275,8 @@ def parity_case(
             xfail=_parse_xfail(xfail, name),
             covers=tuple(covers),
             repro=repro,
-            jit_checks=tuple(jit_checks) if jit_checks is not None else None,
+            cell_checks=cell_checks_rules if budgeted else (),
+            skip=skip_rules if budgeted else (),
         )
 
     return decorate

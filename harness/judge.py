@@ -123,8 +123,8 @@ class Judge:
         else:
             reply = outcome.reply
             # Copies: the reply's own dicts are read again for other cells.
-            record["checks"] = {c: dict(reply["checks"].get(c, NOT_RUN)) if self.case.runs_in(c, cell.jit)
-                                else {"status": SKIP, "reason": "not run with jit on: the case's jit_checks"}
+            record["checks"] = {c: dict(reply["checks"].get(c, NOT_RUN)) if self.case.runs_in(c, cell.id)
+                                else {"status": SKIP, "reason": "not run in this cell: the case's cell_checks"}
                                 for c in self.wanted}
             record["timings"] = reply.get("timings", {})
             record["notes"] = list(reply.get("notes", []))

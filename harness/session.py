@@ -90,8 +90,7 @@ class ParitySession:
         judge = Judge(case, case_ref, self.plan, self.pool, wanted)
         skipped = {}
         for cell in cells:
-            reason = self.plan.skip_reason(cell) or (
-                "the case runs with jit off only (jit_checks=[])" if cell.jit and case.jit_checks == () else None)
+            reason = self.plan.skip_reason(cell) or case.skip_reason(cell.id)
             if reason:
                 skipped[cell] = reason
                 self.records[(case_ref.id, cell.id)] = judge.skip_record(cell, reason)
@@ -123,7 +122,7 @@ class ParitySession:
                 **common,
                 "type": "run_cell",
                 "cell": cell.id,
-                "checks": [c for c in wanted if case.runs_in(c, cell.jit)
+                "checks": [c for c in wanted if case.runs_in(c, cell.id)
                            and (c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell)],
                 "targets": targets_path,
                 "out_dir": out_dir,

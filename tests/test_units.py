@@ -100,12 +100,41 @@ def test_bad_inputs_name_what_to_change():
         case.make_inputs(0)
 
 
-def test_jit_checks_are_validated_and_narrow_jit_cells_only():
-    case = harness.parity_case(inputs=harness.spec((1,)), jit_checks=["build", "outputs"])(lambda: None)
-    assert case.runs_in("train", jit=False) and not case.runs_in("train", jit=True)
-    assert case.runs_in("outputs", jit=True)
-    with pytest.raises(harness.CaseDefinitionError, match="jit_checks: unknown"):
-        harness.parity_case(inputs=harness.spec((1,)), jit_checks=["compile"])(lambda: None)
+def test_cell_checks_are_validated_and_narrow_the_matching_cells_only():
+    case = harness.parity_case(inputs=harness.spec((1,)), cell_checks={
+        "torch-*-jit": ["build", "outputs"], "*-*-jit": ["build", "outputs", "train"]})(lambda: None)
+    assert case.runs_in("train", "torch-cpu-nojit") and not case.runs_in("train", "torch-cpu-jit")
+    assert case.runs_in("train", "jax-cpu-jit") and not case.runs_in("save", "jax-gpu-jit")
+    assert case.runs_in("outputs", "torch-cpu-jit")
+    with pytest.raises(harness.CaseDefinitionError, match=r"cell_checks\['\*-\*-jit'\]: unknown"):
+        harness.parity_case(inputs=harness.spec((1,)), cell_checks={"*-*-jit": ["compile"]})(lambda: None)
+    with pytest.raises(harness.CaseDefinitionError, match=r"skip=\{'torch-\*-jit': reason\}"):
+        harness.parity_case(inputs=harness.spec((1,)), cell_checks={"torch-*-jit": []})(lambda: None)
+    with pytest.raises(harness.CaseDefinitionError, match="cell_checks pattern"):
+        harness.parity_case(inputs=harness.spec((1,)), cell_checks={"torch-jit": ["build"]})(lambda: None)
+
+
+def test_skip_names_cells_by_glob_with_a_reason():
+    case = harness.parity_case(inputs=harness.spec((1,)), skip={
+        "torch-*-jit": "compiled in the sample case", "*-gpu-*": "CPU only"})(lambda: None)
+    assert case.skip_reason("torch-cpu-jit") == "compiled in the sample case"
+    assert case.skip_reason("jax-gpu-nojit") == "CPU only"
+    assert case.skip_reason("torch-cpu-nojit") is None
+    for bad in ({"torch-cpu": "x"}, {"torch-*-jit": ""}, ["torch-*-jit"]):
+        with pytest.raises(harness.CaseDefinitionError, match="skip"):
+            harness.parity_case(inputs=harness.spec((1,)), skip=bad)(lambda: None)
+
+
+def test_keras_parity_full_runs_what_budgets_leave_out(monkeypatch):
+    declare = harness.parity_case(inputs=harness.spec((1,)), skip={"torch-*-jit": "budget"},
+                                  cell_checks={"*-*-jit": ["build", "outputs"]})
+    budgeted = declare(lambda: None)
+    monkeypatch.setenv("KERAS_PARITY_FULL", "1")
+    full = declare(lambda: None)
+    assert budgeted.skip_reason("torch-cpu-jit") == "budget" and not budgeted.runs_in("train", "jax-cpu-jit")
+    assert full.skip_reason("torch-cpu-jit") is None and full.runs_in("train", "jax-cpu-jit")
+    with pytest.raises(harness.CaseDefinitionError, match="skip"):  # still validated
+        harness.parity_case(inputs=harness.spec((1,)), skip={"torch-jit": "x"})(lambda: None)
 
 
 def test_xfail_rules_match_cells_by_glob():
