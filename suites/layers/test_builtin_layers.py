@@ -248,10 +248,19 @@ FAMILIES = {
         Entry("Rescaling_offset", "Rescaling", {"scale": 1 / 127.5, "offset": -1}, positive_images),
         Entry("Resizing_bilinear", "Resizing", {"height": 5, "width": 7}, positive_images),
         Entry("Resizing_nearest", "Resizing", {"height": 5, "width": 7, "interpolation": "nearest"}, positive_images),
-        Entry("Resizing_bicubic", "Resizing", {"height": 15, "width": 9, "interpolation": "bicubic"}, positive_images),
+        Entry("Resizing_bicubic", "Resizing", {"height": 15, "width": 9, "interpolation": "bicubic"}, positive_images,
+              xfail={"torch-*-nojit": ("mismatch", "bicubic under torch uses its own cubic kernel (a=-0.75; "
+                                                   "TensorFlow's is a=-0.5): 100% of elements differ, max abs "
+                                                   "err 17.4 on 0-255 pixels (236.15 vs 218.70 at (0, 10, 7, 2))"),
+                     "jax-*-nojit": ("mismatch", "bicubic under JAX (jax.image) differs from TensorFlow's: "
+                                                 "86% of elements beyond 1e-5, max abs err 0.118 on 0-255 "
+                                                 "pixels (210.151 vs 210.033 at (0, 8, 6, 2))")}),
         Entry("Resizing_crop_to_aspect_ratio", "Resizing", {"height": 6, "width": 6, "crop_to_aspect_ratio": True},
               positive_images),
-        Entry("Normalization_adapted", "Normalization", {}, spec((4, 5)), build=normalization_layer),
+        Entry("Normalization_adapted", "Normalization", {}, spec((4, 5)), build=normalization_layer,
+              xfail={pattern: ("mismatch", "adapt() leaves a `count` variable of dtype int32 under JAX and "
+                                           "torch, int64 under TensorFlow: the build check finds the variables differ")
+                     for pattern in ("jax-*-*", "torch-*-*")}),
         Entry("Normalization_mean_variance", "Normalization", {"mean": 1.0, "variance": 4.0}, spec((4, 5))),
         Entry("CenterCrop_default", "CenterCrop", {"height": 6, "width": 8}, positive_images),
         Entry("Discretization_default", "Discretization", {"bin_boundaries": [-1.0, 0.0, 0.5, 2.0]}, spec((3, 6))),
@@ -310,7 +319,7 @@ def first_rows(inputs, rows: int = 2):
     return make
 
 
-def layer_case(name: str, entries: list[Entry], jit: bool):
+def layer_case(name: str, entries: list[Entry], jit: bool, skip: dict | None = None):
     """One case holding `entries`: a layer that returns a dict of every configuration's
     outputs, so each jit cell compiles them once (torch.compile costs seconds per layer call on
     CPU) while a mismatch still names its configuration."""
@@ -346,10 +355,31 @@ def layer_case(name: str, entries: list[Entry], jit: bool):
     return harness.parity_case(
         inputs={e.name: first_rows(e.inputs) for e in entries},
         checks=["build", "outputs", "train"] if trains else ["build", "outputs"],
-        # The budget (README, "The built-in suites"): jit cells compile inference only, and
+        # The budget (README, "The suites' budget"): jit cells compile inference only, and
         # only for each class's first (default) configuration.
-        jit_checks=["build", "outputs"] if jit else [],
+        cell_checks={"*-*-jit": ["build", "outputs"]},
+        skip=skip if jit else {"*-*-jit": "budget: a class's other configurations run with jit off "
+                                          "(its default configuration is compiled)"},
         xfail=xfail or None, covers=sorted({f"keras.layers.{e.layer}" for e in entries}))(factory)
+
+
+#: torch.compile's budget: families whose default configurations take minutes to compile
+#: under torch on a 2-core CPU (seconds measured there: dynamo restarts its trace at a graph
+#: break inside every Keras layer call). Their torch jit cell is skipped; one layer of each is
+#: compiled in `layers_torch_compile_sample`. KERAS_PARITY_FULL=1 compiles them all.
+TORCH_COMPILE_SECONDS = {"pooling": 109, "recurrent": 168, "attention": 164, "reshaping": 98,
+                         "preprocessing": 106}
+TORCH_COMPILE_SAMPLE = ("MaxPooling2D_default", "LSTM_default", "Attention_default",
+                        "UpSampling2D_nearest", "Resizing_bilinear")
+
+
+def torch_budget_skip(family: str) -> dict | None:
+    if family not in TORCH_COMPILE_SECONDS:
+        return None
+    sampled = next(e.name for e in FAMILIES[family] if e.name in TORCH_COMPILE_SAMPLE)
+    return {"torch-*-jit": f"budget: torch.compile of this family takes {TORCH_COMPILE_SECONDS[family]} s on "
+                           f"a 2-core CPU; layers_torch_compile_sample compiles {sampled} "
+                           f"(KERAS_PARITY_FULL=1 compiles every class)"}
 
 
 def family_cases(family: str, entries: list[Entry]) -> dict:
@@ -359,18 +389,25 @@ def family_cases(family: str, entries: list[Entry]) -> dict:
     cases, seen, defaults, variants = {}, set(), [], []
     for entry in entries:
         if entry.xfail:
-            cases[f"layers_{entry.name}"] = layer_case(f"layers_{entry.name}", [entry], jit=entry.layer not in seen)
+            cases[f"layers_{entry.name}"] = layer_case(f"layers_{entry.name}", [entry], jit=entry.layer not in seen,
+                                                       skip=torch_budget_skip(family))
         elif entry.layer in seen:
             variants.append(entry)
         else:
             defaults.append(entry)
         seen.add(entry.layer)
-    for name, members, jit in ((f"layers_{family}", defaults, True), (f"layers_{family}_variants", variants, False)):
-        if members:
-            cases[name] = layer_case(name, members, jit)
+    if defaults:
+        cases[f"layers_{family}"] = layer_case(f"layers_{family}", defaults, True, skip=torch_budget_skip(family))
+    if variants:
+        cases[f"layers_{family}_variants"] = layer_case(f"layers_{family}_variants", variants, False)
     return cases
 
 
 for _family, _entries in FAMILIES.items():
     globals().update(family_cases(_family, _entries))
 del _family, _entries  # module attributes are collected: leave only the cases
+
+if not harness.full_budget():
+    layers_torch_compile_sample = layer_case(
+        "layers_torch_compile_sample",
+        [e for entries in FAMILIES.values() for e in entries if e.name in TORCH_COMPILE_SAMPLE], True)
