@@ -88,6 +88,8 @@ TIMING_COLUMNS = (  # (key in `timings`, heading, unit)
     ("predict_median_s", "predict median", "s"),
     ("train_first_s", "train first", "s"),
     ("train_median_s", "train step median", "s"),
+    ("save_s", "save check", "s"),
+    ("export_s", "export check", "s"),
     ("worker_peak_rss_mb", "worker peak RSS", "MB"),
     ("gpu_peak_mb", "GPU peak", "MB"),
 )

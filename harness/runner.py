@@ -264,11 +264,14 @@ class CellRun:
         """A check whose failure does not stop the others (save, export, train, rng)."""
         if check not in self.wanted:
             return
+        t0 = time.perf_counter()
         try:
             fn()
         except StepFailed as failed:
             self.checks[check] = {"status": failed.status}
             self.failure = self.failure or failed.failure
+        finally:
+            self.timings[f"{check}_s"] = time.perf_counter() - t0  # the whole check, compiles included
 
     def run(self) -> dict:
         if self.device == "gpu":
