@@ -146,6 +146,14 @@ def materialize(value: Any, rng: np.random.Generator, what: str) -> Any:
     )
 
 
+def check_pattern(pattern: str, factory_name: str, label: str) -> None:
+    """A cell pattern in a case's declaration must match some cell: an error naming the case."""
+    try:
+        validate_pattern(pattern, f"case {factory_name!r}: {label} pattern")
+    except UsageError as exc:
+        raise CaseDefinitionError(str(exc)) from None
+
+
 def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]:
     if not xfail:
         return ()
@@ -156,10 +164,7 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
         )
     rules = []
     for pattern, value in xfail.items():
-        try:
-            validate_pattern(pattern, f"case {factory_name!r}: xfail pattern")
-        except UsageError as exc:
-            raise CaseDefinitionError(str(exc)) from None
+        check_pattern(pattern, factory_name, "xfail")
         if isinstance(value, str):
             rules.append(XfailRule(pattern, None, value))
             continue
@@ -188,10 +193,7 @@ def _parse_cell_checks(cell_checks: dict | None, factory_name: str) -> tuple[tup
             f"'torch-*-jit') to the checks those cells run")
     parsed = []
     for pattern, checks in cell_checks.items():
-        try:
-            validate_pattern(pattern, f"case {factory_name!r}: cell_checks pattern")
-        except UsageError as exc:
-            raise CaseDefinitionError(str(exc)) from None
+        check_pattern(pattern, factory_name, "cell_checks")
         unknown = [c for c in checks if c not in ALL_CHECKS] if isinstance(checks, (list, tuple)) else [checks]
         if unknown or not checks:
             raise CaseDefinitionError(
@@ -210,10 +212,7 @@ def _parse_skip(skip: dict | None, factory_name: str) -> tuple[tuple[str, str], 
             f"case {factory_name!r}: skip must be a dict from a cell pattern (e.g. 'torch-*-jit') "
             f"to the reason those cells are not run")
     for pattern in skip:
-        try:
-            validate_pattern(pattern, f"case {factory_name!r}: skip pattern")
-        except UsageError as exc:
-            raise CaseDefinitionError(str(exc)) from None
+        check_pattern(pattern, factory_name, "skip")
     return tuple(skip.items())
 
 
