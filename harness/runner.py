@@ -276,7 +276,16 @@ class CellRun:
     def run(self) -> dict:
         if self.device == "gpu":
             memory.reset_gpu_peak(self.backend)
-        graphs_before = torch_graphs_compiled() if self.backend == "torch" and self.cell.jit else None
+        graphs_before = None
+        if self.backend == "torch" and self.cell.jit:
+            # Dynamo keeps compiled frames and recompile counts per code object for the whole
+            # process, and past `recompile_limit` (8) recompiles of one of Keras' own frames runs
+            # it eagerly from then on: each jit cell starts from an empty cache, as a fresh
+            # process does, and counts the graphs it compiles.
+            import torch
+
+            torch._dynamo.reset()
+            graphs_before = torch_graphs_compiled()
         try:
             self.run_checks()
         except StepFailed as failed:
@@ -321,14 +330,6 @@ class CellRun:
         # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
         # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
         keras.backend.clear_session(free_memory=False)
-        if self.backend == "torch" and self.cell.jit:
-            # Dynamo keeps compiled frames per code object across models, and after
-            # `recompile_limit` (8) recompiles of Keras' own frames it runs them eagerly for
-            # the rest of the process: a long-lived worker's later jit cells would quietly
-            # stop compiling. Each jit cell starts from an empty cache, as a user's process does.
-            import torch
-
-            torch._dynamo.reset()
         keras.utils.set_random_seed(self.request["seed"])
         return case.factory()
 
