@@ -17,6 +17,7 @@ import pytest
 
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
+from harness import compile_cache
 from harness import gate as gate_rules
 from harness import report_tables
 from harness.report import ReportError, ReportWriter, read_report
@@ -229,7 +230,10 @@ class ParityPlugin:
     def record(self, item: ParityItem) -> dict:
         if self.session is None:
             log_dir = os.path.join(self.report_dir, "workers")
-            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks)
+            # pytest's cache folder (absent under -p no:cacheprovider): --cache-clear runs cold.
+            cache = getattr(self.config, "cache", None)
+            cache_dir = str(cache.mkdir(compile_cache.CACHE_NAME)) if cache is not None else None
+            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks, cache_dir)
         if self.selected is None:  # the items left after -k, --lf, deselection
             self.selected = {}
             for other in item.session.items:

@@ -21,15 +21,19 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
+from harness import compile_cache
+
 START_TIMEOUT_S = 300.0  # importing a backend takes seconds; a loaded CI machine, longer
 LOG_TAIL_BYTES = 65536
 LOG_TAIL_LINES = 40
 LOG_LINE_CHARS = 300  # faulthandler's list of extension modules is one very long line
 
 
-def worker_environment(backend: str, device: str) -> dict[str, str]:
+def worker_environment(backend: str, device: str, compile_cache_dir: str | None = None) -> dict[str, str]:
     """The environment a worker needs before keras is imported."""
     env = dict(os.environ)
+    for name, value in compile_cache.worker_environment(compile_cache_dir).items():
+        env.setdefault(name, value)  # the user's own cache settings win
     env.update(
         KERAS_BACKEND=backend,
         PYTHONUNBUFFERED="1",
@@ -78,7 +82,7 @@ class Job:
 class WorkerProcess:
     """One worker: the subprocess, its two pipes and its log file."""
 
-    def __init__(self, key: tuple[str, str], log_dir: str, serial: int):
+    def __init__(self, key: tuple[str, str], log_dir: str, serial: int, compile_cache_dir: str | None):
         backend, device = key
         self.key = key
         self.log_path = os.path.join(log_dir, f"{backend}-{device}.{serial}.log")
@@ -88,7 +92,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.worker", "--backend", backend, "--device", device,
              "--read-fd", str(req_r), "--write-fd", str(rep_w), "--parent-pid", str(os.getpid())],
-            env=worker_environment(backend, device),
+            env=worker_environment(backend, device, compile_cache_dir),
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             pass_fds=(req_r, rep_w), start_new_session=True,
         )
@@ -160,8 +164,9 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, compile_cache_dir: str | None = None):
         self.log_dir = log_dir
+        self.compile_cache_dir = compile_cache_dir
         self.workers: dict[tuple[str, str], WorkerProcess] = {}
         # Keys whose backend cannot serve here (no GPU seen, the import fails): the reason.
         self.unavailable: dict[tuple[str, str], tuple[str, str]] = {}
@@ -179,7 +184,8 @@ class WorkerPool:
         worker = self.workers.get(key)
         if worker is None:
             self.started[key] += 1
-            worker = self.workers[key] = WorkerProcess(key, self.log_dir, self.started[key])
+            worker = self.workers[key] = WorkerProcess(key, self.log_dir, self.started[key],
+                                                             self.compile_cache_dir)
         return worker
 
     def run(self, jobs: list[Job]) -> None:

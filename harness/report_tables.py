@@ -90,6 +90,7 @@ TIMING_COLUMNS = (  # (key in `timings`, heading, unit)
     ("train_median_s", "train step median", "s"),
     ("save_s", "save check", "s"),
     ("export_s", "export check", "s"),
+    ("cpu_s", "cell CPU", "s"),
     ("worker_peak_rss_mb", "worker peak RSS", "MB"),
     ("gpu_peak_mb", "GPU peak", "MB"),
 )

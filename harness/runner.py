@@ -13,13 +13,14 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import resource
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from harness import arrays, classify, memory
+from harness import arrays, classify, compile_cache, memory
 from harness.cells import Cell
 from harness.statuses import ERROR, MISMATCH, PASS, SKIP, worst
 
@@ -127,6 +128,13 @@ def torch_graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this worker and the compilers it ran (inductor's g++): unlike the wall-clock
+    timings, it does not grow when other workers share the cores."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def synchronize(backend: str, device: str) -> None:
@@ -286,6 +294,8 @@ class CellRun:
 
             torch._dynamo.reset()
             graphs_before = torch_graphs_compiled()
+        cache_hits_before = compile_cache.hits(self.backend)
+        cpu_before = cpu_seconds()
         try:
             self.run_checks()
         except StepFailed as failed:
@@ -295,6 +305,10 @@ class CellRun:
                 self.checks.setdefault(check, {"status": SKIP, "reason": f"{failed.failure.check} failed"})
         if graphs_before is not None:
             self.record_torch_graphs(torch_graphs_compiled() - graphs_before)
+        if cache_hits_before is not None:
+            # Compiles served from disk make the first calls' timings cheaper than cold ones.
+            self.timings["compile_cache_hits"] = compile_cache.hits(self.backend) - cache_hits_before
+        self.timings["cpu_s"] = cpu_seconds() - cpu_before
         self.record_memory()
         return {
             "type": "cell_result",

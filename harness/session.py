@@ -62,11 +62,11 @@ class ParitySession:
     """Owns the worker pool and the records of every case run in this pytest process."""
 
     def __init__(self, plan: CellPlan, timeout: float, log_dir: str,
-                 checks: tuple[str, ...] = ALL_CHECKS):
+                 checks: tuple[str, ...] = ALL_CHECKS, compile_cache_dir: str | None = None):
         self.plan = plan
         self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
-        self.pool = WorkerPool(log_dir)
+        self.pool = WorkerPool(log_dir, compile_cache_dir)
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.work_dir = tempfile.mkdtemp(prefix="keras-parity-", dir=shm)
         self.records: dict[tuple[str, str], dict] = {}

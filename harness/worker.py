@@ -17,6 +17,8 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
+from harness import compile_cache
+
 
 def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGKILL this process when the pytest process dies, however it dies."""
@@ -57,6 +59,7 @@ def configure_backend(backend: str, device: str) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info.update(version=torch.__version__, gpus=gpus)
+    compile_cache.count_hits(backend)
     info["device_ok"] = device == "cpu" or bool(info["gpus"])
     if info["device_ok"]:
         warm_up()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import harness.cells
 from tests.conftest import requires_all_backends
 
 TWO_CASES = '''
@@ -59,6 +60,24 @@ def test_a_run_without_cases_leaves_earlier_reports_alone(parity):
     run = parity({}, "-k", "plain")
     assert run.returncode == 0, run.output
     assert (run.path / "reports" / "results.jsonl").read_text() == '{"earlier": "run"}\n'
+
+
+@pytest.mark.skipif("jax" not in harness.cells.installed_backends(), reason="needs jax")
+def test_compiled_programs_are_kept_in_pytests_cache_between_runs(parity):
+    args = ("--keras-backends=jax", "--keras-jit=off")
+
+    def cache_hits(run):
+        assert run.returncode == 0, run.output[-3000:]
+        return run.cell("dense", "jax-cpu-nojit")["timings"]["compile_cache_hits"]
+
+    first = parity(TWO_CASES, *args)
+    cold = cache_hits(first)
+    folder = first.path / ".pytest_cache" / "d" / "keras-parity-compile" / "jax"
+    assert any(folder.iterdir()), "jax wrote no compiled program to the cache"
+    # Without jit, JAX compiles every primitive of the Dense layer: the second run loads them.
+    warm = cache_hits(parity(TWO_CASES, *args))
+    assert warm > cold, (cold, warm)
+    assert cache_hits(parity(TWO_CASES, *args, "--cache-clear")) < warm
 
 
 def test_a_malformed_xfail_pattern_is_reported_at_collection(parity):
