@@ -218,6 +218,12 @@ class ParityPlugin:
         if getattr(obj.factory, "__module__", None) != collector.obj.__name__:
             return []  # a case imported from another module is collected where it is defined
         case_ref = CaseRef.from_module(f"{collector.nodeid}::{name}", collector.obj, name)
+        reason = obj.skip_reason(self.plan.reference.id)
+        if reason is not None:  # every other cell loads the reference's weights and compares with it
+            raise collector.CollectError(
+                f"{case_ref.id}: its skip patterns match the reference cell {self.plan.reference.id} "
+                f"({reason!r}), which every other cell is compared with: narrow the pattern, or "
+                f"choose another cell with --keras-reference")
         # The node id is given whole, so pytest parses `[cell]` as parameters, as it does for
         # parametrized functions (--lf and --deselect match on that form).
         return [ParityItem.from_parent(collector, name=f"{name}[{cell.id}]",

@@ -92,6 +92,19 @@ def case():
     assert "'torch-jit' matches no cell" in run.output
 
 
+def test_a_skip_of_the_reference_cell_is_reported_at_collection(parity):
+    run = parity('''
+import harness
+
+@harness.parity_case(inputs=harness.spec((2,)), skip={"jax-*-nojit": "too slow"})
+def case():
+    return lambda x: x
+''', "--keras-backends=jax", "--collect-only")
+    assert run.returncode != 0
+    assert ("test_cases.py::case: its skip patterns match the reference cell jax-cpu-nojit "
+            "('too slow')") in run.output
+
+
 def test_ini_keys_set_the_options(parity, tmp_path):
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nkeras_backends = jax\nkeras_jit = off\nkeras_report_dir = out\nkeras_checks = outputs\n")
