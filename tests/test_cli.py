@@ -80,29 +80,22 @@ def test_compiled_programs_are_kept_in_pytests_cache_between_runs(parity):
     assert cache_hits(parity(TWO_CASES, *args, "--cache-clear")) < warm
 
 
-def test_a_malformed_xfail_pattern_is_reported_at_collection(parity):
-    run = parity('''
+@pytest.mark.parametrize("declaration, message", [
+    ('xfail={"torch-jit": "typo"}', "'torch-jit' matches no cell"),
+    # every other cell loads the reference's weights and is compared with it
+    ('skip={"jax-*-nojit": "too slow"}',
+     "test_cases.py::case: its skip patterns match the reference cell jax-cpu-nojit ('too slow')"),
+])
+def test_a_bad_declaration_is_reported_at_collection(parity, declaration, message):
+    run = parity(f'''
 import harness
 
-@harness.parity_case(inputs=harness.spec((2,)), xfail={"torch-jit": "typo"})
-def case():
-    return lambda x: x
-''', "--keras-backends=jax")
-    assert run.returncode != 0
-    assert "'torch-jit' matches no cell" in run.output
-
-
-def test_a_skip_of_the_reference_cell_is_reported_at_collection(parity):
-    run = parity('''
-import harness
-
-@harness.parity_case(inputs=harness.spec((2,)), skip={"jax-*-nojit": "too slow"})
+@harness.parity_case(inputs=harness.spec((2,)), {declaration})
 def case():
     return lambda x: x
 ''', "--keras-backends=jax", "--collect-only")
     assert run.returncode != 0
-    assert ("test_cases.py::case: its skip patterns match the reference cell jax-cpu-nojit "
-            "('too slow')") in run.output
+    assert message in run.output
 
 
 def test_ini_keys_set_the_options(parity, tmp_path):
