@@ -236,6 +236,8 @@ class ParityPlugin:
     def record(self, item: ParityItem) -> dict:
         if self.session is None:
             log_dir = os.path.join(self.report_dir, "workers")
+            if self.is_xdist_worker:  # each xdist worker has a pool of its own, and logs of its own
+                log_dir = os.path.join(log_dir, self.config.workerinput["workerid"])
             # pytest's cache folder (absent under -p no:cacheprovider): --cache-clear runs cold.
             cache = getattr(self.config, "cache", None)
             cache_dir = str(cache.mkdir(compile_cache.CACHE_NAME)) if cache is not None else None

@@ -226,3 +226,6 @@ def broken():
     assert distributed.statuses() == plain
     assert len(plain) == 9
     assert sorted(o for o in distributed.outcomes().values()) == ["failed"] * 3 + ["passed"] * 6
+    # two pools, two sets of worker logs: neither pool reads the other's log as its own
+    folders = {p.parent.name for p in (distributed.path / "reports" / "workers").glob("*/*.log")}
+    assert folders and folders <= {"gw0", "gw1"}, folders
