@@ -185,7 +185,7 @@ class WorkerPool:
         if worker is None:
             self.started[key] += 1
             worker = self.workers[key] = WorkerProcess(key, self.log_dir, self.started[key],
-                                                             self.compile_cache_dir)
+                                                       self.compile_cache_dir)
         return worker
 
     def run(self, jobs: list[Job]) -> None:
