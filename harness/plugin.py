@@ -86,10 +86,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError:
         raise pytest.UsageError(
             f"--keras-timeout: {option(config, 'keras_timeout')!r} is not a positive number of seconds") from None
-    # With pytest-xdist, all cells of a case must run on one xdist worker (they share the
-    # reference cell's results): plain load balancing becomes load balancing by group.
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
     config.pluginmanager.register(ParityPlugin(config, plan, timeout, checks, gate), "keras-parity")
 
 
@@ -132,7 +128,6 @@ class ParityItem(pytest.Item):
         self.case_ref = case_ref
         self.cell = cell
         self.record: dict | None = None
-        self.add_marker(pytest.mark.xdist_group(case.name))
 
     def runtest(self) -> None:
         plugin: ParityPlugin = self.config.pluginmanager.get_plugin("keras-parity")
@@ -249,6 +244,15 @@ class ParityPlugin:
                     self.selected.setdefault(other.case_ref.id, set()).add(other.cell)
         return self.session.record(item.case, item.case_ref, item.cell,
                                    self.selected.get(item.case_ref.id, {item.cell}))
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        """With pytest-xdist, all cells of a case run on one xdist worker."""
+        if config.getvalue("dist") in ("load", "worksteal", "loadgroup"):
+            from harness.xdist_scheduling import CaseScheduling
+
+            return CaseScheduling(config, log)
+        return None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):

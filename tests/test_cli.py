@@ -216,16 +216,28 @@ def zz_hangs():
 
 @requires_all_backends
 def test_xdist_gives_the_same_cells_and_statuses_as_a_plain_run(parity, tmp_path):
-    source = TWO_CASES + '''
+    built = tmp_path / "built.txt"  # each cell's worker appends the case it builds
+    source = TWO_CASES + f'''
 @harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"])
 def broken():
     raise ValueError("always")
+
+@harness.parity_case(inputs=harness.spec((2, 3)), checks=["build", "outputs"])
+def counted():
+    import keras
+    with open({str(built)!r}, "a") as log:
+        log.write("counted\\n")
+    return keras.layers.Dense(2)
 '''
     plain = parity(source, "--keras-jit=off", "-p", "no:cacheprovider").statuses()
+    assert built.read_text().split() == ["counted"] * 3
+    built.unlink()
     distributed = parity(source, "--keras-jit=off", "-n", "2", "-p", "no:cacheprovider")
     assert distributed.statuses() == plain
-    assert len(plain) == 9
-    assert sorted(o for o in distributed.outcomes().values()) == ["failed"] * 3 + ["passed"] * 6
+    assert len(plain) == 12
+    assert sorted(o for o in distributed.outcomes().values()) == ["failed"] * 3 + ["passed"] * 9
+    # all cells of a case run on one xdist worker: a case split across two would run twice
+    assert built.read_text().split() == ["counted"] * 3
     # two pools, two sets of worker logs: neither pool reads the other's log as its own
     folders = {p.parent.name for p in (distributed.path / "reports" / "workers").glob("*/*.log")}
     assert folders and folders <= {"gw0", "gw1"}, folders

@@ -21,6 +21,17 @@ def test_cells_parse_and_print():
             Cell.parse(bad)
 
 
+def test_xdist_hands_out_whole_cases():
+    from harness.xdist_scheduling import CaseScheduling
+
+    scope = CaseScheduling.__new__(CaseScheduling)._split_scope  # no xdist session needed
+    assert scope("suites/ops/test_ops.py::add[torch-cpu-jit]") == "suites/ops/test_ops.py::add"
+    assert scope("suites/ops/test_ops.py::add[jax-gpu-nojit]") == "suites/ops/test_ops.py::add"
+    # other tests keep `load`'s item-by-item units, and their xdist_group under loadgroup
+    assert scope("tests/test_x.py::test_y[3]") == "tests/test_x.py::test_y[3]"
+    assert scope("tests/test_x.py::test_y[torch-cpu-jit]@slow") == "slow"
+
+
 def test_plan_asks_for_every_combination_and_picks_the_reference():
     plan = plan_cells("all", "cpu", "both", None)
     assert [c.id for c in plan.cells] == [

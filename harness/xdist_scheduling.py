@@ -1,0 +1,28 @@
+"""Under pytest-xdist, every cell of a case goes to the same xdist worker.
+
+A case's cells run together (the reference cell first, then the others side by side, then the
+cross-backend loads), so an xdist worker given any one cell of a case runs all of them. xdist's
+default `load` scheduling hands out items one by one, which would have both xdist workers run
+most cases in full. This scheduler hands out whole cases instead, the way `--dist loadscope`
+hands out whole modules; other tests keep their `xdist_group` under `--dist loadgroup`.
+"""
+
+from __future__ import annotations
+
+from xdist.scheduler import LoadScopeScheduling
+
+from harness.cells import Cell, UsageError
+
+
+class CaseScheduling(LoadScopeScheduling):
+    """`--dist load`, `worksteal` or `loadgroup` for a parity run: the unit of work is a case."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        if "@" in nodeid:  # --dist loadgroup: the item's xdist_group mark names its unit
+            return nodeid.rsplit("@", 1)[-1]
+        case, bracket, cell = nodeid.rpartition("[")
+        try:
+            Cell.parse(cell.removesuffix("]"))
+        except UsageError:
+            return nodeid  # neither a cell item nor grouped: scheduled alone, as under `load`
+        return case if bracket else nodeid
