@@ -284,8 +284,15 @@ class Judge:
                                                           f"once, in {file_cell.id if file_cell else 'no cell'}"}
         if checks.get("save", {}).get("status") == PASS and cell in replies.loaded:
             checks["save"] = self.judge_loads(cell, checks["save"], replies.loaded[cell], replies)
+            # Loads run in this cell's worker after the cells: their seconds count here too.
+            loads = [r["seconds"] for r in checks["save"].get("loaded_from", {}).values()]
+            if loads:
+                record["timings"]["load_others_s"] = sum(loads)
         if checks.get("export", {}).get("status") == PASS:
             checks["export"] = self.judge_export(cell, checks["export"], replies)
+            reload_s = checks["export"]["saved_model"].get("reload_s")
+            if reload_s is not None:
+                record["timings"]["saved_model_reload_s"] = reload_s
 
     def judge_loads(self, loader: Cell, save: dict, outcome: Outcome, replies: CaseReplies) -> dict:
         """This backend loaded the .keras files of the others. Every cell holds the reference's
@@ -300,8 +307,9 @@ class Judge:
             if result["status"] != PASS:
                 matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
                                   "hint": result["failure"].get("hint")}
-                continue
-            matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
+            else:
+                matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
+            matrix[source]["seconds"] = result["seconds"]
         save["loaded_from"] = matrix
         bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
         if bad:
@@ -345,6 +353,7 @@ class Judge:
         result = outcome.reply["results"].get(cell.id)
         if result is None:
             return export
+        export["reload_s"] = result["seconds"]
         if result["status"] != PASS:
             export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
                           hint=result["failure"].get("hint"))

@@ -691,6 +691,7 @@ def load_saved_models(request: dict) -> dict:
     except Exception:  # noqa: BLE001 - loading may still work without custom objects
         pass
     for source, path in request["files"].items():
+        t0 = time.perf_counter()
         try:
             model = keras.models.load_model(path, custom_objects=custom, compile=False)
             model.compile(jit_compile=False)
@@ -700,6 +701,7 @@ def load_saved_models(request: dict) -> dict:
         except Exception as exc:  # noqa: BLE001
             _, failure = classify.describe(exc, check="save", phase="load_other_backend", jit=False)
             results[source] = {"status": ERROR, "failure": failure.to_json()}
+        results[source]["seconds"] = time.perf_counter() - t0
     return {"type": "loaded", "results": results}
 
 
@@ -710,6 +712,7 @@ def reload_exports(request: dict) -> dict:
     results = {}
     inputs = arrays.load_tree(request["inputs"])
     for source, path in request["files"].items():
+        t0 = time.perf_counter()
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
             out = os.path.join(request["out_dir"], f"export_{source}.npz")
@@ -718,4 +721,5 @@ def reload_exports(request: dict) -> dict:
         except Exception as exc:  # noqa: BLE001
             _, failure = classify.describe(exc, check="export", phase="reload_tfsmlayer", jit=False)
             results[source] = {"status": ERROR, "failure": failure.to_json()}
+        results[source]["seconds"] = time.perf_counter() - t0
     return {"type": "reloaded", "results": results}
