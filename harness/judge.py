@@ -284,15 +284,16 @@ class Judge:
                                                           f"once, in {file_cell.id if file_cell else 'no cell'}"}
         if checks.get("save", {}).get("status") == PASS and cell in replies.loaded:
             checks["save"] = self.judge_loads(cell, checks["save"], replies.loaded[cell], replies)
-            # Loads run in this cell's worker after the cells: their seconds count here too.
-            loads = [r["seconds"] for r in checks["save"].get("loaded_from", {}).values()]
-            if loads:
-                record["timings"]["load_others_s"] = sum(loads)
         if checks.get("export", {}).get("status") == PASS:
             checks["export"] = self.judge_export(cell, checks["export"], replies)
-            reload_s = checks["export"]["saved_model"].get("reload_s")
-            if reload_s is not None:
-                record["timings"]["saved_model_reload_s"] = reload_s
+        # The cross-backend loads and reloads run after the cells; their seconds belong to
+        # the cell whose worker loaded the others' files, and to the cell whose export it was.
+        loaded = replies.loaded.get(cell)
+        if loaded is not None and loaded.reply is not None:
+            record["timings"]["load_others_s"] = sum(r["seconds"] for r in loaded.reply["results"].values())
+        reloaded = replies.reloaded.reply if replies.reloaded is not None else None
+        if reloaded is not None and cell.id in reloaded["results"]:
+            record["timings"]["saved_model_reload_s"] = reloaded["results"][cell.id]["seconds"]
 
     def judge_loads(self, loader: Cell, save: dict, outcome: Outcome, replies: CaseReplies) -> dict:
         """This backend loaded the .keras files of the others. Every cell holds the reference's
@@ -307,9 +308,8 @@ class Judge:
             if result["status"] != PASS:
                 matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
                                   "hint": result["failure"].get("hint")}
-            else:
-                matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
-            matrix[source]["seconds"] = result["seconds"]
+                continue
+            matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
         save["loaded_from"] = matrix
         bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
         if bad:
@@ -353,7 +353,6 @@ class Judge:
         result = outcome.reply["results"].get(cell.id)
         if result is None:
             return export
-        export["reload_s"] = result["seconds"]
         if result["status"] != PASS:
             export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
                           hint=result["failure"].get("hint"))

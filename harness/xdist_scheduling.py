@@ -20,9 +20,9 @@ class CaseScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         if "@" in nodeid:  # --dist loadgroup: the item's xdist_group mark names its unit
             return nodeid.rsplit("@", 1)[-1]
-        case, bracket, cell = nodeid.rpartition("[")
+        case, _, cell = nodeid.rpartition("[")
         try:
             Cell.parse(cell.removesuffix("]"))
         except UsageError:
             return nodeid  # neither a cell item nor grouped: scheduled alone, as under `load`
-        return case if bracket else nodeid
+        return case

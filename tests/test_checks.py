@@ -311,9 +311,10 @@ def test_save_round_trips_and_loads_across_backends(run):
         assert save["round_trips"] == {"keras": True, "weights_h5": True}
         others = {f"{b}-cpu-nojit" for b in BACKENDS if b != backend}
         assert set(save["loaded_from"]) == others
-        assert all(r["status"] == "pass" and r["seconds"] > 0 for r in save["loaded_from"].values())
-        timings = run.cell("saves_everywhere", f"{backend}-cpu-nojit")["timings"]
-        assert timings["load_others_s"] == pytest.approx(sum(r["seconds"] for r in save["loaded_from"].values()))
+        assert all(r["status"] == "pass" for r in save["loaded_from"].values())
+        # the loads ran in this cell's worker after the cells, and count on this cell
+        assert run.cell("saves_everywhere", f"{backend}-cpu-nojit")["timings"]["load_others_s"] > 0
+        assert "load_others_s" not in run.cell("saves_everywhere", f"{backend}-cpu-jit")["timings"]
         jit_save = run.cell("saves_everywhere", f"{backend}-cpu-jit")["checks"]["save"]
         assert jit_save["status"] == "skip" and "once" in jit_save["reason"]
 
@@ -333,8 +334,7 @@ def test_export_reloads_through_tfsmlayer_and_onnxruntime_and_matches(run):
         assert export["status"] == "pass", export
         assert export["saved_model"]["max_abs_err"] < 1e-5
         assert "TFSMLayer" in export["saved_model"]["reloaded_with"]
-        reload_s = run.cell("exports", f"{backend}-cpu-nojit")["timings"]["saved_model_reload_s"]
-        assert reload_s == export["saved_model"]["reload_s"] > 0
+        assert run.cell("exports", f"{backend}-cpu-nojit")["timings"]["saved_model_reload_s"] > 0
     torch_export = run.cell("exports", "torch-cpu-nojit")["checks"]["export"]
     assert "torch_xla" in torch_export["saved_model"]["reason"]
     for backend in ("tensorflow", "torch"):  # tf2onnx and onnxscript are installed by make .venv
