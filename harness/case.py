@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.cells import UsageError, validate_pattern
-from harness.statuses import FAILING_STATUSES
+from harness.statuses import FAILING_STATUSES, PASS, is_failure
 
 #: Every check of the contract, in the order a cell runs them.
 ALL_CHECKS = ("build", "outputs", "train", "rng", "save", "export", "timing")
@@ -55,17 +55,52 @@ class spec:  # noqa: N801 - lower case: it reads as a function in a case declara
 
 
 @dataclasses.dataclass(frozen=True)
+class machine_dependent:  # noqa: N801 - lower case: it reads as a function in a declaration
+    """An `xfail` value for cells whose outcome depends on the machine: the CPU's instruction
+    set, and the kernels the backends pick for it (TensorFlow's oneDNN, XLA's vector code).
+
+        xfail={"jax-*-*": harness.machine_dependent(
+            "TensorFlow's oneDNN softmax keeps NaN to a row's inf",
+            {"pass": "oneDNN off (AVX2): every backend gives a row of NaN",
+             "mismatch": "oneDNN on (AVX512_VNNI): [0, 0, nan] against a row of NaN"})}
+
+    `outcomes` maps each allowed status ("pass" or a failure) to what was measured on the
+    machines that give it. Any of them is accepted, and the record says which one this machine
+    gave; every other outcome fails, a pass too when "pass" is not among them.
+    """
+
+    reason: str
+    outcomes: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
 class XfailRule:
     """One `xfail` entry: cells matching `pattern` must end with `status` (any failure if None)
-    and, when `kind` is given, with a failure of that kind (the rule that picked its hint)."""
+    and, when `kind` is given, with a failure of that kind (the rule that picked its hint).
+    A machine-dependent entry has `outcomes` instead: (allowed status, what was measured where
+    it happens) pairs."""
 
     pattern: str
     status: str | None
     reason: str
     kind: str | None = None
+    outcomes: tuple[tuple[str, str], ...] = ()
 
     def matches(self, cell_id: str) -> bool:
         return fnmatch.fnmatchcase(cell_id, self.pattern)
+
+    @property
+    def expected(self) -> str:
+        """The declared outcome in words: 'mismatch', 'any failure', 'pass or mismatch'."""
+        if self.outcomes:
+            return " or ".join(status for status, _ in self.outcomes)
+        return self.status or "any failure"
+
+    def allows(self, status: str, kind: str | None) -> bool:
+        if self.outcomes:
+            return status in dict(self.outcomes)
+        return (is_failure(status) and (self.status is None or self.status == status)
+                and (self.kind is None or self.kind == kind))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -159,14 +194,18 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
         return ()
     if not isinstance(xfail, dict):
         raise CaseDefinitionError(
-            f"case {factory_name!r}: xfail must be a dict from a cell pattern "
-            f"(e.g. 'torch-*-jit') to a reason, to (status, reason) or to (status, reason, kind)"
+            f"case {factory_name!r}: xfail must be a dict from a cell pattern (e.g. 'torch-*-jit') "
+            f"to a reason, to (status, reason), to (status, reason, kind) or to "
+            f"harness.machine_dependent(reason, outcomes)"
         )
     rules = []
     for pattern, value in xfail.items():
         check_pattern(pattern, factory_name, "xfail")
         if isinstance(value, str):
             rules.append(XfailRule(pattern, None, value))
+            continue
+        if isinstance(value, machine_dependent):
+            rules.append(_machine_dependent_rule(pattern, value, factory_name))
             continue
         if isinstance(value, (tuple, list)) and len(value) in (2, 3):
             status, reason, kind = (*value, None) if len(value) == 2 else value
@@ -179,9 +218,31 @@ def _parse_xfail(xfail: dict | None, factory_name: str) -> tuple[XfailRule, ...]
             continue
         raise CaseDefinitionError(
             f"case {factory_name!r}: xfail[{pattern!r}] must be a reason string, a "
-            f"(status, reason) pair or a (status, reason, failure kind) triple, got {value!r}"
+            f"(status, reason) pair, a (status, reason, failure kind) triple or "
+            f"harness.machine_dependent(reason, outcomes), got {value!r}"
         )
     return tuple(rules)
+
+
+def _machine_dependent_rule(pattern: str, value: machine_dependent, factory_name: str) -> XfailRule:
+    where = f"case {factory_name!r}: xfail[{pattern!r}] = harness.machine_dependent(...)"
+    outcomes = value.outcomes
+    if not (isinstance(value.reason, str) and value.reason.strip()):
+        raise CaseDefinitionError(f"{where}: give the reason the outcome depends on the machine")
+    if not isinstance(outcomes, dict) or len(outcomes) < 2:
+        raise CaseDefinitionError(
+            f"{where}: outcomes must be a dict of two or more allowed statuses, each to what was "
+            f"measured where it happens (one outcome on every machine is a plain xfail)")
+    for status, measured in outcomes.items():
+        if status != PASS and status not in FAILING_STATUSES:
+            raise CaseDefinitionError(
+                f"{where}: outcome {status!r} is not a status a cell can end with; use pass or "
+                f"one of {', '.join(FAILING_STATUSES)}")
+        if not (isinstance(measured, str) and measured.strip()):
+            raise CaseDefinitionError(
+                f"{where}: outcome {status!r} needs what was measured where it happens (the "
+                f"machine, and the values)")
+    return XfailRule(pattern, None, value.reason, outcomes=tuple(outcomes.items()))
 
 
 def _parse_cell_checks(cell_checks: dict | None, factory_name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:

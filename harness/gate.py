@@ -1,26 +1,49 @@
 """The pre-release gate: this run against a baseline report (`--keras-baseline`).
 
 A regression is a cell that passed in the baseline and no longer does, or a failing cell a
-case did not have before. A slowdown is a steady-state timing beyond `--keras-perf-threshold`
-times the baseline's, and beyond the noise both runs measured: the fastest repeat now must be
-slower than the slowest repeat then, or a noisy machine would fail every release.
+case did not have before. A cell declared machine-dependent that moved between its allowed
+outcomes is not one: it is listed with the machines' differences, which the gate reports
+whenever the baseline came from another machine (CPU, kernels, GPU, packages). A slowdown is a
+steady-state timing beyond `--keras-perf-threshold` times the baseline's, and beyond the noise
+both runs measured: the fastest repeat now must be slower than the slowest repeat then, or a
+noisy machine would fail every release.
 """
 
 from __future__ import annotations
 
+from harness import machine
 from harness.statuses import is_failure
 
 TIMINGS = (("predict_median_s", "predict_min_s", "predict_max_s"),
            ("train_median_s", "train_min_s", "train_max_s"))
 
 
-def compare_to_baseline(baseline: dict, cells: list[dict], perf_threshold: float | None) -> dict:
+def machine_changes(baseline_run: dict, run: dict) -> list[str]:
+    before, now = machine.of_run(baseline_run), machine.of_run(run)
+    if not before or not now:
+        return [] if before == now else ["the baseline or this run records no machine (an older report)"]
+    if len(before) != len(now):
+        return [f"the baseline ran on {len(before)} machine(s), this run on {len(now)}"]
+    lines = []
+    for i, (old, new) in enumerate(zip(before, now)):
+        prefix = f"shard {i + 1}: " if len(now) > 1 else ""
+        lines += [prefix + line for line in machine.differences(old, new)]
+    return lines
+
+
+def compare_to_baseline(baseline: dict, cells: list[dict], perf_threshold: float | None,
+                        run: dict | None = None) -> dict:
     before = {(c["case"], c["cell"]): c for c in baseline["cells"]}
-    regressions, slowdowns = [], []
+    regressions, machine_dependent, slowdowns = [], [], []
     for cell in cells:
         key = (cell["case"], cell["cell"])
         old = before.get(key)
-        if old is not None and old["status"] == "pass" and cell["status"] != "pass":
+        declared = cell.get("xfail") or {}
+        if declared.get("outcomes") and declared["met"]:
+            if old is not None and old["status"] != cell["status"]:
+                machine_dependent.append({"case": key[0], "cell": key[1], "was": old["status"],
+                                          "now": cell["status"], "allowed": declared["expected"]})
+        elif old is not None and old["status"] == "pass" and cell["status"] != "pass":
             regressions.append({"case": key[0], "cell": key[1], "was": "pass", "now": cell["status"]})
         elif is_failure(cell["status"]) and (old is None or not is_failure(old["status"])):
             regressions.append({"case": key[0], "cell": key[1], "was": old["status"] if old else "absent",
@@ -35,11 +58,16 @@ def compare_to_baseline(baseline: dict, cells: list[dict], perf_threshold: float
                 if ratio > perf_threshold and beyond_noise:
                     slowdowns.append({"case": key[0], "cell": key[1], "timing": median, "ratio": round(ratio, 3),
                                       "now_s": now[median], "baseline_s": then[median]})
-    return {"regressions": regressions, "slowdowns": slowdowns, "perf_threshold": perf_threshold}
+    changes = machine_changes(baseline.get("run", {}), run) if run is not None else []
+    return {"regressions": regressions, "slowdowns": slowdowns, "perf_threshold": perf_threshold,
+            "machine_changes": changes, "machine_dependent": machine_dependent}
 
 
 def describe(gate: dict) -> list[str]:
-    lines = [f"regression: {r['case']} [{r['cell']}]: {r['was']} -> {r['now']}" for r in gate["regressions"]]
+    lines = [f"the baseline came from another machine or set-up: {line}" for line in gate.get("machine_changes", [])]
+    lines += [f"regression: {r['case']} [{r['cell']}]: {r['was']} -> {r['now']}" for r in gate["regressions"]]
+    lines += [f"machine-dependent, not a regression: {m['case']} [{m['cell']}]: {m['was']} -> {m['now']} "
+              f"(declared outcomes: {m['allowed']})" for m in gate.get("machine_dependent", [])]
     lines += [f"slowdown: {s['case']} [{s['cell']}] {s['timing']}: {s['ratio']:.2f}x "
               f"({s['baseline_s'] * 1000:.2f} ms -> {s['now_s'] * 1000:.2f} ms)" for s in gate["slowdowns"]]
     return lines

@@ -84,6 +84,7 @@ class Judge:
             "case": self.case_ref.id, "cell": cell.id, "backend": cell.backend, "device": cell.device,
             "jit": cell.jit, "reference": self.plan.reference.id, "status": PASS, "checks": {},
             "failure": None, "timings": {}, "notes": [], "versions": self.pool.versions(cell.worker_key),
+            "kernels": self.pool.kernels(cell.worker_key),
             "covers": list(self.case.covers),
         }
 
@@ -364,18 +365,21 @@ class Judge:
     # -- declared failures -------------------------------------------------------------
 
     def apply_xfail(self, cell: Cell, record: dict) -> dict:
-        """A declared failure that happens is `xfail`; one that does not is kept and flagged."""
+        """A declared failure that happens is `xfail`; one that does not is kept and flagged.
+        A machine-dependent declaration accepts any of its outcomes: a failure among them is
+        `xfail`, a pass stays `pass`, and the record says which one this machine gave."""
         rule = self.case.xfail_rule(cell.id)
         if rule is None or record["status"] == SKIP:
             return record
         actual = record["status"]
         actual_kind = (record.get("failure") or {}).get("kind")
-        met = (is_failure(actual) and (rule.status is None or rule.status == actual)
-               and (rule.kind is None or rule.kind == actual_kind))
-        record["xfail"] = {"pattern": rule.pattern, "expected": rule.status or "any failure",
+        met = rule.allows(actual, actual_kind)
+        record["xfail"] = {"pattern": rule.pattern, "expected": rule.expected,
                            "reason": rule.reason, "actual": actual, "met": met}
         if rule.kind is not None:
             record["xfail"].update(expected_kind=rule.kind, actual_kind=actual_kind)
-        if met:
+        if rule.outcomes:
+            record["xfail"]["outcomes"] = dict(rule.outcomes)
+        if met and is_failure(actual):
             record["status"] = XFAIL
         return record

@@ -17,7 +17,7 @@ import pytest
 
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
-from harness import compile_cache
+from harness import compile_cache, machine
 from harness import gate as gate_rules
 from harness import report_tables
 from harness.report import ReportError, ReportWriter, read_report
@@ -137,13 +137,16 @@ class ParityItem(pytest.Item):
         if status == SKIP:
             pytest.skip(record.get("skip_reason") or "skipped")
         if status == XFAIL:
-            pytest.xfail(f"{declared['actual']} as declared: {declared['reason']}")
+            pytest.xfail(f"{declared['actual']} as declared: {declared['reason']}" if "outcomes" not in declared
+                         else f"{declared['actual']}, one of the outcomes declared machine-dependent "
+                              f"({declared['expected']}): {declared['reason']}")
         if declared and not declared["met"]:
             if status == PASS:
                 raise CellFailed(f"[XPASS(strict)] {self.case_ref.id} [{self.cell.id}] passed, but "
                                  f"the case declares {declared['expected']}: {declared['reason']}. "
                                  f"Remove or narrow the xfail pattern {declared['pattern']!r}.")
-            expected = declared["expected"] + (f" of kind {declared['expected_kind']}" if "expected_kind" in declared else "")
+            expected = declared["expected"] + (f" of kind {declared['expected_kind']}" if "expected_kind" in declared
+                                               else " (machine-dependent)" if "outcomes" in declared else "")
             got = status + (f" of kind {declared['actual_kind']}" if "expected_kind" in declared else "")
             raise CellFailed(f"declared {expected} ({declared['reason']}), got {got}:\n"
                              + describe_failure(record, self.case.repro))
@@ -280,7 +283,7 @@ class ParityPlugin:
         run = self.run_info(exitstatus)
         if self.gate is not None:
             self.gate_result = gate_rules.compare_to_baseline(self.gate["baseline"], self.writer.cells,
-                                                              self.gate["perf_threshold"])
+                                                              self.gate["perf_threshold"], run)
             run["gate"] = {**self.gate_result, "baseline": self.gate["path"]}
             if self.gate_result["regressions"] or (self.gate["perf_fail"] and self.gate_result["slowdowns"]):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -291,9 +294,11 @@ class ParityPlugin:
             self.session.close()
 
     def run_info(self, exitstatus) -> dict:
-        versions = {}
+        versions, kernels = {}, {}
         for record in self.writer.cells:
             versions.update(record.get("versions", {}))
+            if record.get("kernels"):
+                kernels[f"{record['backend']}-{record['device']}"] = record["kernels"]
         return {
             "started": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -301,6 +306,7 @@ class ParityPlugin:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "versions": versions,
+            "machine": machine.describe(kernels),
             "reference": self.plan.reference.id,
             "cells": [c.id for c in self.plan.cells],
             "skipped_cells": {c.id: r for c, r in self.plan.skipped.items()},

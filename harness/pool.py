@@ -179,6 +179,10 @@ class WorkerPool:
         info = self.info.get(key)
         return {"keras": info["keras"], key[0]: info["version"]} if info else {}
 
+    def kernels(self, key: tuple[str, str]) -> dict:
+        """The kernels `key`'s backend chose on this machine (oneDNN, torch's CPU capability)."""
+        return self.info.get(key, {}).get("kernels", {})
+
     def start(self, key: tuple[str, str]) -> WorkerProcess:
         """Start `key`'s worker if it is not running; the backend imports while we go on."""
         worker = self.workers.get(key)

@@ -163,7 +163,7 @@ def run_gate(args) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = gate.compare_to_baseline(baseline, report["cells"], args.perf_threshold)
+    result = gate.compare_to_baseline(baseline, report["cells"], args.perf_threshold, report.get("run", {}))
     for line in gate.describe(result) or ["no cell got worse"]:
         print(line)
     return 1 if result["regressions"] or (args.perf_fail and result["slowdowns"]) else 0

@@ -57,8 +57,10 @@ def render(report: dict) -> str:
         f"<p id=\"summary\">{len(cells)} cells: {counts}. Reference cell: "
         f"<code>{esc(run.get('reference', '?'))}</code>.</p>",
         f"<p class=\"muted\">{versions}</p>" if versions else "",
+        "".join(f'<p class="muted machine">Machine: {esc(line)}</p>' for line in tables.machines(run)),
         render_matrix(cells, anchors),
         render_coverage(cells),
+        render_machine_dependent(cells),
         render_compile_failures(cells),
         render_timings(cells),
         render_save_matrix(cells),
@@ -106,6 +108,22 @@ def render_coverage(cells: list[dict]) -> str:
     return ("<h2>Coverage</h2><p>APIs the cases name in <code>covers</code>; per backend, those with a "
             "cell that failed or is declared to fail.</p>"
             f'<table id="coverage"><thead><tr><th>covered</th><th>APIs</th><th>cases</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def render_machine_dependent(cells: list[dict]) -> str:
+    rows = tables.machine_dependent(cells)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['cell'])}</td>"
+        + status_td(r["actual"] if r["met"] else "error", esc(r["actual"]) + ("" if r["met"] else " (not declared)"))
+        + "<td>" + "<br>".join(f"<b>{esc(status)}</b>: {esc(measured)}" for status, measured in r["outcomes"].items())
+        + f"</td><td>{esc(r['reason'])}</td></tr>" for r in rows)
+    return ("<h2>Machine-dependent outcomes</h2><p>Cells whose outcome depends on the CPU and the kernels "
+            "the backends chose for it (see Machine above); any declared outcome is accepted, any other "
+            'fails.</p><table id="machine-dependent"><thead><tr><th>case</th><th>cell</th><th>this machine'
+            "</th><th>declared outcomes (measured where they happen)</th><th>why</th></tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 

@@ -20,10 +20,13 @@ def render(report: dict) -> str:
     lines = ["# keras-parity report", ""]
     if run.get("versions"):
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
+    for line in tables.machines(run):
+        lines.append(f"Machine: {escape(line)}")
     lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
                  + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
     lines += render_matrix(cells)
     lines += render_coverage(cells)
+    lines += render_machine_dependent(cells)
     lines += render_compile_failures(cells)
     lines += render_timings(cells)
     lines += render_save_matrix(cells)
@@ -66,6 +69,21 @@ def diverging_summary(names: set[str], shown: int = 6) -> str:
         return "0"
     listed = sorted(names)
     return f"{len(listed)}: " + escape(", ".join(listed[:shown]) + (", ..." if len(listed) > shown else ""))
+
+
+def render_machine_dependent(cells: list[dict]) -> list[str]:
+    rows = tables.machine_dependent(cells)
+    if not rows:
+        return []
+    lines = ["", "## Machine-dependent outcomes", "",
+             "Cells whose outcome depends on the CPU and the kernels the backends chose for it "
+             "(see Machine above); any declared outcome is accepted, any other fails.", "",
+             "| case | cell | this machine | declared outcomes (measured where they happen) |", "|---|---|---|---|"]
+    for r in rows:
+        declared = "; ".join(f"**{status}**: {measured}" for status, measured in r["outcomes"].items())
+        got = r["actual"] + ("" if r["met"] else " (not declared: fails)")
+        lines.append(f"| `{escape(r['case'])}` | {r['cell']} | {escape(got)} | {escape(declared)} |")
+    return lines
 
 
 def render_compile_failures(cells: list[dict]) -> list[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness import machine
+
 STATUS_MARKS = {
     "pass": "✅ pass",
     "mismatch": "❌ mismatch",
@@ -60,6 +62,19 @@ def failures(cells: list[dict]) -> list[dict]:
 def failed_checks(record: dict) -> list[str]:
     return [f"{name}: {chk.get('message') or chk['status']}" for name, chk in record.get("checks", {}).items()
             if chk.get("status") not in ("pass", "skip", None)]
+
+
+def machine_dependent(cells: list[dict]) -> list[dict]:
+    """Cells declared machine-dependent: what this machine gave, and every allowed outcome with
+    what was measured where it happens."""
+    return [{"case": c["case"], "cell": c["cell"], "actual": c["xfail"]["actual"], "met": c["xfail"]["met"],
+             "outcomes": c["xfail"]["outcomes"], "reason": c["xfail"]["reason"]}
+            for c in cells if (c.get("xfail") or {}).get("outcomes")]
+
+
+def machines(run: dict) -> list[str]:
+    """One line per machine the report ran on (one per shard of a merged report)."""
+    return [machine.summary(m) for m in machine.of_run(run)]
 
 
 def failure_where(failure: dict) -> str:

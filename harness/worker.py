@@ -43,7 +43,7 @@ def configure_backend(backend: str, device: str) -> dict:
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:  # three backends share one GPU: grow memory, never grab it all
             tf.config.experimental.set_memory_growth(gpu, True)
-        info.update(version=tf.__version__, gpus=[g.name for g in gpus])
+        info.update(version=tf.__version__, gpus=[g.name for g in gpus], kernels={"onednn": onednn_enabled()})
     elif backend == "jax":
         import jax
 
@@ -58,12 +58,23 @@ def configure_backend(backend: str, device: str) -> dict:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        info.update(version=torch.__version__, gpus=gpus)
+        info.update(version=torch.__version__, gpus=gpus,
+                    kernels={"cpu_capability": torch.backends.cpu.get_cpu_capability()})
     compile_cache.count_hits(backend)
     info["device_ok"] = device == "cpu" or bool(info["gpus"])
     if info["device_ok"]:
         warm_up()
     return info
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN kernels: on by default only on CPUs with AVX512_VNNI,
+    AVX512_BF16, AVX_VNNI or AMX, or as TF_ENABLE_ONEDNN_OPTS says (see harness.machine)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a private module: a release that moves it leaves the fact unknown
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def warm_up() -> None:

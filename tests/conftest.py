@@ -59,8 +59,9 @@ def write_module(path: Path, name: str, source: str) -> Path:
     return target
 
 
-def run_pytest(path: Path, *args: str, timeout: float = 900) -> ParityRun:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KERAS_"))}
+def run_pytest(path: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None) -> ParityRun:
+    """pytest in `path`, with this environment less pytest's and keras' own variables, plus `env`."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KERAS_"))}, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:randomly", f"--junitxml={path / 'junit.xml'}",
          "-o", "junit_family=xunit2", *args],

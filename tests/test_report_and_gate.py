@@ -1,7 +1,6 @@
 """`python -m harness.report merge` and the `--keras-baseline` gate, on reports of real runs."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,13 +42,7 @@ ARGS = ("--keras-backends=jax,torch", "--keras-jit=off", "-p", "no:cacheprovider
 
 
 def run_with(path, env_flags: dict, *args):
-    old = {k: os.environ.get(k) for k in env_flags}
-    os.environ.update(env_flags)
-    try:
-        return run_pytest(path, *ARGS, *args)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return run_pytest(path, *ARGS, *args, env=env_flags)
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,37 @@ def test_xfail_rules_match_cells_by_glob():
         harness.parity_case(inputs=harness.spec((1,)), xfail={"*-*-*": ("error",)})(lambda: None)
 
 
+def test_a_machine_dependent_declaration_allows_its_outcomes_and_nothing_else():
+    rule = harness.parity_case(inputs=harness.spec((1,)), xfail={"jax-*-*": harness.machine_dependent(
+        "oneDNN's softmax", {"pass": "oneDNN off: NaN rows", "mismatch": "oneDNN on: [0, nan]"})})(
+        lambda: None).xfail_rule("jax-cpu-jit")
+    assert rule.expected == "pass or mismatch"
+    assert rule.allows("pass", None) and rule.allows("mismatch", None)
+    assert not rule.allows("error", "exception") and not rule.allows("compile_error", None)
+    plain = harness.parity_case(inputs=harness.spec((1,)), xfail={"jax-*-*": ("mismatch", "why")})(
+        lambda: None).xfail_rule("jax-cpu-jit")
+    assert plain.allows("mismatch", None) and not plain.allows("pass", None)  # strict as before
+
+
+@pytest.mark.parametrize("outcomes, message", [
+    ({"pass": "AVX2"}, "two or more"),
+    ({"pass": "AVX2", "slow": "AVX-512"}, "'slow' is not a status"),
+    ({"pass": "AVX2", "xfail": "AVX-512"}, "'xfail' is not a status"),
+    ({"pass": "AVX2", "mismatch": ""}, "what was measured"),
+    ([("pass", "AVX2"), ("mismatch", "AVX-512")], "must be a dict"),
+])
+def test_a_machine_dependent_declaration_names_each_allowed_outcome_with_its_measure(outcomes, message):
+    def my_case():
+        pass
+
+    with pytest.raises(harness.CaseDefinitionError, match=f"case 'my_case'.*{message}"):
+        harness.parity_case(inputs=harness.spec((1,)),
+                            xfail={"jax-*-*": harness.machine_dependent("why", outcomes)})(my_case)
+    with pytest.raises(harness.CaseDefinitionError, match="give the reason"):
+        harness.parity_case(inputs=harness.spec((1,)), xfail={"jax-*-*": harness.machine_dependent(
+            " ", {"pass": "a", "error": "b"})})(my_case)
+
+
 # -- arrays across the process boundary ---------------------------------------------------
 
 def test_nested_structures_round_trip_through_npz(tmp_path):
