@@ -116,14 +116,15 @@ def render_machine_dependent(cells: list[dict]) -> str:
     if not rows:
         return ""
     body = "".join(
-        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['cell'])}</td>"
-        + status_td(r["actual"] if r["met"] else "error", esc(r["actual"]) + ("" if r["met"] else " (not declared)"))
-        + "<td>" + "<br>".join(f"<b>{esc(status)}</b>: {esc(measured)}" for status, measured in r["outcomes"].items())
+        f"<tr><td><code>{esc(r['case'])}</code></td><td>"
+        + "<br>".join(f"{esc(cell)}: <b>{esc(actual)}</b>" + ("" if met else " (not declared: fails)")
+                      for cell, actual, met in r["cells"])
+        + "</td><td>" + "<br>".join(f"<b>{esc(status)}</b>: {esc(measured)}" for status, measured in r["outcomes"].items())
         + f"</td><td>{esc(r['reason'])}</td></tr>" for r in rows)
     return ("<h2>Machine-dependent outcomes</h2><p>Cells whose outcome depends on the CPU and the kernels "
             "the backends chose for it (see Machine above); any declared outcome is accepted, any other "
-            'fails.</p><table id="machine-dependent"><thead><tr><th>case</th><th>cell</th><th>this machine'
-            "</th><th>declared outcomes (measured where they happen)</th><th>why</th></tr></thead>"
+            'fails.</p><table id="machine-dependent"><thead><tr><th>case</th><th>this machine</th>'
+            "<th>declared outcomes (measured where they happen)</th><th>why</th></tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 

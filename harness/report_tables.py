@@ -65,11 +65,20 @@ def failed_checks(record: dict) -> list[str]:
 
 
 def machine_dependent(cells: list[dict]) -> list[dict]:
-    """Cells declared machine-dependent: what this machine gave, and every allowed outcome with
-    what was measured where it happens."""
-    return [{"case": c["case"], "cell": c["cell"], "actual": c["xfail"]["actual"], "met": c["xfail"]["met"],
-             "outcomes": c["xfail"]["outcomes"], "reason": c["xfail"]["reason"]}
-            for c in cells if (c.get("xfail") or {}).get("outcomes")]
+    """Declarations of machine-dependent outcomes, one row per case and declaration: the cells it
+    covers with what this machine gave each (`cells`: [(cell, outcome, declared or not)]), and every
+    allowed outcome with what was measured where it happens."""
+    rows: dict[tuple, dict] = {}
+    for c in cells:
+        declared = c.get("xfail") or {}
+        if declared.get("outcomes"):
+            key = (c["case"], declared["reason"], tuple(declared["outcomes"].items()))
+            row = rows.setdefault(key, {"case": c["case"], "outcomes": declared["outcomes"],
+                                        "reason": declared["reason"], "cells": []})
+            row["cells"].append((c["cell"], declared["actual"], declared["met"]))
+    for row in rows.values():
+        row["cells"].sort(key=lambda cell: cell_order(cell[0]))
+    return list(rows.values())
 
 
 def machines(run: dict) -> list[str]:

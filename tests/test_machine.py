@@ -77,7 +77,7 @@ def test_each_allowed_outcome_is_accepted_and_the_record_says_which_this_machine
     assert mismatch["worst_reference"] == 0 and np.isnan(mismatch["worst_value"])  # oneDNN's 0 vs JAX's NaN
     markdown = (runs["1"].path / "reports" / "parity.md").read_text()
     assert "## Machine-dependent outcomes" in markdown
-    assert f"| `test_machine_cases.py::declared_pass_or_mismatch` | {JAX} | mismatch |" in markdown
+    assert f"| `test_machine_cases.py::declared_pass_or_mismatch` | {JAX} mismatch | **pass**: oneDNN off" in markdown
 
 
 def test_an_outcome_not_declared_fails_and_names_the_declared_ones(runs):
@@ -88,7 +88,7 @@ def test_an_outcome_not_declared_fails_and_names_the_declared_ones(runs):
     assert run.outcomes()[f"declared_pass_or_error[{JAX}]"] == "failed"
     assert "declared pass or error (machine-dependent) (a declaration that does not name what oneDNN gives), " \
            "got mismatch" in run.output
-    assert "| mismatch (not declared: fails) |" in (run.path / "reports" / "parity.md").read_text()
+    assert f"| {JAX} mismatch (not declared: fails) |" in (run.path / "reports" / "parity.md").read_text()
 
 
 def test_a_plain_declared_failure_that_passes_is_still_an_unexpected_pass(runs):
