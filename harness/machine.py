@@ -26,8 +26,6 @@ VECTOR_EXTENSIONS = (
     "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16",
     "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
 )
-#: TensorFlow's oneDNN kernels are on by default on Linux when the CPU has one of these.
-ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 #: Variables that override what the backends choose by CPU.
 OVERRIDES = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "XLA_FLAGS", "ATEN_CPU_CAPABILITY")
 
@@ -49,7 +47,6 @@ def cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "vector_extensions": [f for f in VECTOR_EXTENSIONS if f in flags],
-        "onednn_by_default": any(f in flags for f in ONEDNN_DEFAULT_FLAGS),
     }
 
 
@@ -103,7 +100,7 @@ KERNEL_NAMES = {"onednn": "oneDNN", "cpu_capability": "ATen"}
 
 
 def summary(machine: dict) -> str:
-    """One line: 'AMD EPYC (avx, avx2, fma); tensorflow-cpu oneDNN off; torch-cpu ATen AVX2'."""
+    """One line: 'AMD EPYC, 2 cores (avx, avx2, fma); tensorflow-cpu oneDNN off; torch-cpu ATen AVX2'."""
     parts = [describe_part("cpu", machine)]
     for worker, chosen in machine.get("kernels", {}).items():
         parts += [f"{worker} {KERNEL_NAMES.get(name, name)} "
@@ -132,5 +129,6 @@ def differences(before: dict, now: dict) -> list[str]:
 def describe_part(key: str, machine: dict) -> str:
     value = machine.get(key)
     if key == "cpu" and value:
-        return f"{value.get('model')} ({', '.join(value.get('vector_extensions', [])) or 'no vector extensions'})"
+        extensions = ", ".join(value.get("vector_extensions", [])) or "no vector extensions"
+        return f"{value.get('model')}, {value.get('cores')} cores ({extensions})"
     return str(value if value else "none")
