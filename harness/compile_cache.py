@@ -8,19 +8,40 @@ keep what they compiled on disk; the pool points their caches at one folder in p
 cold and a second run is warm. A cell records how many compiles the cache served
 (`timings.compile_cache_hits`), since those make its first-call timings cheaper than a cold
 compile. TensorFlow has no such cache for its XLA programs.
+
+What is cached is machine code for this CPU's vector extensions, and neither backend keys its
+cache on all of them: inductor served AVX2 code to a run under ATEN_CPU_CAPABILITY=default,
+which then failed to compile (`'at::vec' has not been declared`). So each instruction set, and
+each override of the backends' choice of one, gets a folder of its own: a cache restored on
+another machine (CI runners differ) or a run with other overrides starts cold instead.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+
+from harness import machine
 
 CACHE_NAME = "keras-parity-compile"
 
 
+@functools.cache
+def machine_folder() -> str:
+    """'x86_64-3f2a9c01d4e7': the architecture, and a digest of the vector extensions and overrides."""
+    cpu = machine.cpu()
+    overrides = {name: os.environ[name] for name in machine.OVERRIDES if name in os.environ}
+    digest = hashlib.sha256(json.dumps([cpu["vector_extensions"], overrides], sort_keys=True).encode())
+    return f"{cpu['arch']}-{digest.hexdigest()[:12]}"
+
+
 def worker_environment(cache_dir: str | None) -> dict[str, str]:
-    """Environment variables that point a worker's backend at the cache folder."""
+    """Environment variables that point a worker's backend at this machine's cache folder."""
     if not cache_dir:
         return {}
+    cache_dir = os.path.join(cache_dir, machine_folder())
     return {
         "JAX_COMPILATION_CACHE_DIR": os.path.join(cache_dir, "jax"),
         # Every eager primitive is worth keeping: the default keeps only compiles over 1 s. No

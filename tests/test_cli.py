@@ -72,11 +72,15 @@ def test_compiled_programs_are_kept_in_pytests_cache_between_runs(parity):
 
     first = parity(TWO_CASES, *args)
     cold = cache_hits(first)
-    folder = first.path / ".pytest_cache" / "d" / "keras-parity-compile" / "jax"
-    assert any(folder.iterdir()), "jax wrote no compiled program to the cache"
+    cache = first.path / ".pytest_cache" / "d" / "keras-parity-compile"
+    (machine_folder,) = cache.iterdir()  # machine code for this CPU's vector extensions
+    assert any((machine_folder / "jax").iterdir()), "jax wrote no compiled program to the cache"
     # Without jit, JAX compiles every primitive of the Dense layer: the second run loads them.
     warm = cache_hits(parity(TWO_CASES, *args))
     assert warm > cold, (cold, warm)
+    # Code for another instruction set is never served: that run has a folder of its own.
+    assert cache_hits(parity(TWO_CASES, *args, env={"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})) < warm
+    assert len(list(cache.iterdir())) == 2
     assert cache_hits(parity(TWO_CASES, *args, "--cache-clear")) < warm
 
 
