@@ -78,6 +78,9 @@ def test_each_allowed_outcome_is_accepted_and_the_record_says_which_this_machine
     markdown = (runs["1"].path / "reports" / "parity.md").read_text()
     assert "## Machine-dependent outcomes" in markdown
     assert f"| `test_machine_cases.py::declared_pass_or_mismatch` | {JAX} mismatch | **pass**: oneDNN off" in markdown
+    page = (runs["1"].path / "reports" / "parity.html").read_text()
+    assert 'id="machine-dependent"' in page and f"{JAX}: <b>mismatch</b>" in page
+    assert "Machine: " in markdown and "tensorflow-cpu oneDNN on" in markdown and "tensorflow-cpu oneDNN on" in page
 
 
 def test_an_outcome_not_declared_fails_and_names_the_declared_ones(runs):
