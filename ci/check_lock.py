@@ -13,7 +13,7 @@ import sys
 
 from harness.machine import normalized_name, packages
 
-PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)={2,3}(\S+)")  # `===`: an exact version string
 
 
 def read_lock(path: str) -> dict[str, str]:
