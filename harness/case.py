@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import inspect
 import os
 import zlib
 from typing import Any, Callable
@@ -117,6 +119,21 @@ class Case:
     repro: str | None = None  # a ready-to-run script that reproduces the case, shown on failure
     cell_checks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (cell pattern, checks run there)
     skip: tuple[tuple[str, str], ...] = ()  # (cell pattern, reason): cells not run
+    params: tuple[tuple[str, dict], ...] = ()  # (id, keyword arguments): one case per entry
+    param: str | None = None  # the entry this case is bound to (see `bind`)
+
+    def bind(self, param: str) -> Case:
+        """The case of one `params` entry: the factory, and `inputs`/`targets` callables that
+        take them, called with its keyword arguments."""
+        kwargs = dict(self.params)[param]
+        factory = self.factory
+
+        @functools.wraps(factory)
+        def bound():
+            return factory(**kwargs)
+
+        return dataclasses.replace(self, factory=bound, inputs=_bind_data(self.inputs, kwargs),
+                                   targets=_bind_data(self.targets, kwargs), param=param)
 
     def skip_reason(self, cell_id: str) -> str | None:
         for pattern, reason in self.skip:
@@ -126,7 +143,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return self.factory.__name__
+        return self.factory.__name__ + (f"[{self.param}]" if self.param is not None else "")
 
     def __call__(self):
         """Calling a case builds its object: the factory stays usable as a plain function."""
@@ -160,6 +177,37 @@ class Case:
             if rule.matches(cell_id):
                 return rule
         return None
+
+
+def _bind_data(value: Any, kwargs: dict) -> Any:
+    """An `inputs`/`targets` callable that names some of the params gets them; others do not."""
+    if not callable(value) or isinstance(value, spec):
+        return value
+    accepted = inspect.signature(value).parameters
+    wanted = {k: v for k, v in kwargs.items() if k in accepted}
+    return functools.partial(value, **wanted) if wanted else value
+
+
+def _parse_params(params: dict | None, factory: Callable, factory_name: str) -> tuple[tuple[str, dict], ...]:
+    if params is None:
+        return ()
+    where = f"case {factory_name!r}: params"
+    if not isinstance(params, dict) or not params:
+        raise CaseDefinitionError(f"{where} must be a non-empty dict from an id to the factory's "
+                                  f"keyword arguments, e.g. {{'small': {{'width': 8}}, 'wide': {{'width': 64}}}}")
+    signature = inspect.signature(factory)
+    for param_id, kwargs in params.items():
+        if not (isinstance(param_id, str) and param_id and not set(param_id) & set("[]/: ")):
+            raise CaseDefinitionError(f"{where}: id {param_id!r} must be a non-empty string without "
+                                      f"brackets, slashes, colons or spaces (it goes into the test id)")
+        if not isinstance(kwargs, dict):
+            raise CaseDefinitionError(f"{where}[{param_id!r}] must be a dict of keyword arguments, got {kwargs!r}")
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise CaseDefinitionError(f"{where}[{param_id!r}]: the factory {factory_name}{signature} "
+                                      f"cannot take {kwargs!r}: {exc}") from None
+    return tuple(params.items())
 
 
 def materialize(value: Any, rng: np.random.Generator, what: str) -> Any:
@@ -290,7 +338,8 @@ def parity_case(
     repro: str | None = None,
     cell_checks: dict | None = None,
     skip: dict | None = None,
-) -> Callable[[Callable[[], Any]], Case]:
+    params: dict | None = None,
+) -> Callable[[Callable[..., Any]], Case]:
     """Declare a parity case: the decorated zero-argument factory builds the object to compare.
 
     The factory returns a `keras.Model`, a `keras.layers.Layer` (called on the inputs) or a
@@ -302,10 +351,13 @@ def parity_case(
     a train step in 10 s or more on CPU): `cell_checks={"torch-*-jit": ["build", "outputs"]}`
     (the first matching pattern decides). `skip` maps cell patterns to the reason those cells
     are not run (`{"*-*-jit": "..."}` runs the case with jit off only); they are reported as
-    `skip` with that reason. Both are budgets: KERAS_PARITY_FULL=1 ignores them.
+    `skip` with that reason. Both are budgets: KERAS_PARITY_FULL=1 ignores them. `params`
+    makes one case per entry of a dict from an id to the factory's keyword arguments (a model
+    zoo: `params={"small": {"width": 8}, "wide": {"width": 64}}` gives the cases `zoo[small]`
+    and `zoo[wide]`); an `inputs` or `targets` callable that names a parameter gets it too.
     """
 
-    def decorate(factory: Callable[[], Any]) -> Case:
+    def decorate(factory: Callable[..., Any]) -> Case:
         if not callable(factory):
             raise CaseDefinitionError("@parity_case decorates a zero-argument factory function")
         name = getattr(factory, "__name__", repr(factory))
@@ -337,6 +389,7 @@ def parity_case(
             repro=repro,
             cell_checks=cell_checks_rules if budgeted else (),
             skip=skip_rules if budgeted else (),
+            params=_parse_params(params, factory, name),
         )
 
     return decorate

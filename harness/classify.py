@@ -7,12 +7,15 @@ worker, where the exception object is; it needs only the exception's type names 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import traceback
 
 from harness.statuses import COMPILE_ERROR, ERROR
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # Keras colours its error messages
+MESSAGE_CHARS = 4000
+TRACEBACK_CHARS = 6000
 
 JIT_OFF_HINT = (
     "compile it without jit on this backend: model.compile(..., jit_compile=False) "
@@ -39,17 +42,37 @@ class Rule:
     traceback: str | None = None
     compile_failure: bool = False  # a failure of a jit compiler (XLA, tracing, inductor)
     checks: tuple[str, ...] = ()  # only for failures of these checks (all when empty)
+    phases: tuple[str, ...] = ()  # only for failures in these phases (all when empty)
 
-    def matches(self, type_names: list[str], text: str, check: str = "", tb: str = "") -> bool:
-        if self.checks and check not in self.checks:
+    def matches(self, type_names: list[str], text: str, check: str = "", tb: str = "",
+                phase: str = "") -> re.Match | bool:
+        """False, or True (a match on types or traceback), or the message's regex match,
+        whose named groups fill the hint's `{placeholders}`."""
+        if (self.checks and check not in self.checks) or (self.phases and phase not in self.phases):
             return False
         if self.types and not any(t in type_names for t in self.types):
             return False
-        if self.message is not None and not re.search(self.message, text, re.S):
-            return False
+        found = True
+        if self.message is not None:
+            found = re.search(self.message, text, re.S)
+            if not found:
+                return False
         if self.traceback is not None and not re.search(self.traceback, tb):
             return False
-        return bool(self.types or self.message or self.traceback)
+        return found if (self.types or self.message or self.traceback) else False
+
+    def hint_for(self, found: re.Match | bool, backend: str) -> str:
+        """The hint with the names the message gave (`{arg}`, `{layer}`, `{op}`) and the
+        backend's own tools (`{exporter}`)."""
+        groups = {k: v for k, v in found.groupdict().items() if v} if isinstance(found, re.Match) else {}
+        names = {"backend": backend or "this backend", "op": "an op it names",
+                 "exporter": ONNX_EXPORTERS.get(backend, "the ONNX exporter"), **groups}
+        if "op" in groups:
+            names["op"] = f"the op {groups['op']}"
+        return self.hint.format_map(names)
+
+
+ONNX_EXPORTERS = {"tensorflow": "tf2onnx", "torch": "torch.onnx with onnxscript", "jax": "jax2onnx"}
 
 
 SHAPE_ERROR = (r"Dimensions must be equal|incompatible shapes|must match the size of tensor|"
@@ -138,6 +161,15 @@ RULES = (
         compile_failure=True,
     ),
     Rule(
+        "layer_created_in_call",
+        "a Keras layer ({layer}) is created inside call(): torch.compile cannot trace a layer's "
+        "construction (nor can Keras track its weights). Create it once in __init__() or "
+        "build() and only call it in call() (keras.layers.concatenate(...) in call() -> "
+        "self.concat = keras.layers.Concatenate() in __init__, or keras.ops.concatenate)",
+        message=r"'(?P<layer>\w+)' object has no attribute '_buffers'",
+        compile_failure=True,
+    ),
+    Rule(
         "torch_compile",
         "torch.compile (dynamo/inductor) failed on this model; " + JIT_OFF_HINT
         + ", or rewrite the op it names",
@@ -186,6 +218,35 @@ RULES = (
         message=r"None.*(nested|structure)|(nested|structure).*None",
     ),
     Rule(
+        "lambda_function_not_registered",
+        "the .keras file names the Lambda layer's function '{function}', which load_model cannot "
+        "find: decorate it with @keras.saving.register_keras_serializable() (and import it "
+        "before loading), or pass custom_objects={{'{function}': {function}}}",
+        message=r"Could not locate function '(?P<function>[\w.]+)'",
+    ),
+    Rule(
+        "lambda_python_lambda",
+        "a Lambda layer wraps a Python lambda, which load_model refuses in safe mode: make it a "
+        "named function decorated with @keras.saving.register_keras_serializable(), a custom "
+        "layer, or load files you trust with safe_mode=False",
+        message=r"is a Python lambda\. This carries a potential risk",
+    ),
+    Rule(
+        "init_without_kwargs",
+        "{layer}.__init__() does not accept '{arg}', which get_config() returns (Layer.get_config "
+        "adds name, trainable and dtype): take **kwargs in __init__ and pass them on, "
+        "def __init__(self, ..., **kwargs): super().__init__(**kwargs)",
+        message=r"(?P<layer>\w+)\.__init__\(\) got an unexpected keyword argument '(?P<arg>\w+)'",
+    ),
+    Rule(
+        "config_missing_argument",
+        "{layer}.__init__() needs '{arg}', which get_config() does not return: add every "
+        "constructor argument to get_config() (config.update({{'{arg}': self.{arg}}})), as an "
+        "array's list or a layer's serialized config where it is not a plain value",
+        message=r"(?P<layer>\w+)\.__init__\(\) missing \d+ required (positional|keyword-only) "
+        r"arguments?: '(?P<arg>\w+)'",
+    ),
+    Rule(
         "not_rebuildable",
         "the saved file cannot rebuild this layer: implement get_config() returning every "
         "constructor argument, and register the class with "
@@ -212,9 +273,19 @@ RULES = (
         r"\{'(constants|time_major|dynamic)'",
     ),
     Rule(
+        "onnx_export",
+        "the ONNX route failed ({exporter}, used by model.export(format='onnx') under {backend}) "
+        "on {op}: the SavedModel route (format='tf_saved_model') may still work; otherwise "
+        "replace the op with one the exporter supports, or raise the opset (onnx_program "
+        "options), and report it to the exporter's project",
+        message=r"^.*?(?:No Op registered for |aten::|op_type[=:] ?'?)(?P<op>\w+)|.",
+        checks=("export",),
+        phases=("export_onnx", "onnxruntime"),
+    ),
+    Rule(
         "export_failed",
         "model.export(path, format='tf_saved_model') failed in this backend (under JAX it "
-        "goes through jax2tf, under torch through torch.export): export from a backend where it "
+        "goes through jax2tf, under torch through torch_xla): export from a backend where it "
         "works, or pass input_signature=; the exception names what could not be traced",
         message=r".",
         checks=("export",),
@@ -229,10 +300,11 @@ class Failure:
     check: str
     phase: str
     kind: str
-    exception: str
+    exception: str | None
     message: str
     hint: str | None = None
     traceback: str | None = None
+    root_cause: str | None = None  # the innermost error of the chain, in full
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -253,16 +325,76 @@ def unsupported_ops(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def find_rule(exc: BaseException, check: str = "", tb: str = "") -> Rule | None:
-    names = type_names(exc)
-    text = f"{exc}"
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        text += f"\n{cause}"
-        names += type_names(cause)
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception, then what it was raised from or while handling, innermost last (as
+    Python's own traceback follows them: `raise ... from None` ends the chain)."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return chain
+
+
+def clean(text: str) -> str:
+    """An exception's text as a report shows it: no colour codes, no whole arrays."""
+    return summarize_arrays(ANSI_ESCAPE.sub("", text).strip())
+
+
+#: A printed array: brackets holding only numbers, separators and nan/inf (numpy, TensorFlow
+#: and torch all print this way); long ones are summarised.
+PRINTED_ARRAY = re.compile(r"\[[\[\]\s,0-9eE.+\-naif]*\]")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf)")
+ARRAY_CHARS = 120
+
+
+def summarize_arrays(text: str) -> str:
+    """Replace each printed array longer than ARRAY_CHARS by its count of values and the first
+    few: a message that prints a model's whole input stays readable and small."""
+
+    def summary(match: re.Match) -> str:
+        printed = match.group(0)
+        values = NUMBER.findall(printed)
+        if len(printed) <= ARRAY_CHARS or len(values) < 8:
+            return printed
+        depth = len(printed) - len(printed.lstrip("["))
+        return f"[array of {len(values)} values, {depth}-d: {', '.join(values[:4])}, ...]"
+
+    return PRINTED_ARRAY.sub(summary, text)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost exception of the chain as 'Type: message', in full: Keras wraps a layer's
+    own error in its deserialization and call-context messages, and the cause comes last."""
+    inner = exception_chain(exc)[-1]
+    text = f"{type(inner).__name__}: {clean(str(inner)) or repr(inner)}"
+    unformatted = error_being_built(inner)
+    if unformatted is not None:
+        return f"{type(unformatted).__name__} (JAX could not write its message: {text})"
+    return text
+
+
+def error_being_built(exc: BaseException) -> BaseException | None:
+    """The JAX error whose constructor raised `exc`: JAX 0.10's tracer errors fail to format
+    their message under Keras' symbolic build (`'str' object has no attribute '_error_repr'`),
+    so the error that names the cause never exists but in its half-built `self`."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not tb.tb_frame.f_code.co_filename.endswith("jax/_src/errors.py"):
+        return None
+    built = tb.tb_frame.f_locals.get("self")
+    return built if isinstance(built, BaseException) else None
+
+
+def find_rule(exc: BaseException, check: str = "", tb: str = "", phase: str = "") -> tuple[Rule, object] | None:
+    """The first rule that matches the exception or anything in its chain, with its match."""
+    chain = exception_chain(exc)
+    names = [name for e in chain for name in type_names(e)]
+    text = "\n".join(ANSI_ESCAPE.sub("", str(e)) for e in chain)
     for rule in RULES:
-        if rule.matches(names, text, check, tb):
-            return rule
+        found = rule.matches(names, text, check, tb, phase)
+        if found:
+            return rule, found
     return None
 
 
@@ -274,11 +406,8 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
     that makes it a compile error whatever the exception says.
     """
     tb = "".join(traceback.format_exception(exc))
-    rule = find_rule(exc, check, tb)
-    message = ANSI_ESCAPE.sub("", str(exc)).strip() or repr(exc)
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:  # Keras re-raises with its own wording; keep the original's too
-        message += f"\ncaused by {type(cause).__name__}: {ANSI_ESCAPE.sub('', str(cause)).strip()[:1500]}"
+    rule, found = find_rule(exc, check, tb, phase) or (None, None)
+    message = clean(str(exc)) or repr(exc)
     compiled_step = jit and check not in ("save", "export")  # files do not depend on jit
     compile_error = compiled_step and (jit_only or (jit_only is None and rule is not None and rule.compile_failure))
     if jit_only is False:
@@ -288,11 +417,12 @@ def describe(exc: BaseException, *, check: str, phase: str, jit: bool,
         phase=phase,
         kind=rule.name if rule else ("compile" if compile_error else "exception"),
         exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        message=message[:4000],
-        hint=rule.hint if rule else (JIT_OFF_HINT.capitalize() + " (it fails only with jit on)"
-                                     if compile_error else None),
-        traceback=tb[-6000:],
+        message=message[:MESSAGE_CHARS],
+        root_cause=root_cause(exc)[:MESSAGE_CHARS],
+        hint=rule.hint_for(found, os.environ.get("KERAS_BACKEND", "")) if rule else (
+            JIT_OFF_HINT.capitalize() + " (it fails only with jit on)" if compile_error else None),
+        traceback=summarize_arrays(tb)[-TRACEBACK_CHARS:],
     )
     if rule is not None and rule.name == "xla_unsupported_ops":
-        failure.extra["unsupported_ops"] = unsupported_ops(message)
+        failure.extra["unsupported_ops"] = unsupported_ops("\n".join(str(e) for e in exception_chain(exc)))
     return (COMPILE_ERROR if compile_error else ERROR), failure

@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 
-from harness import arrays, compare
+from harness import arrays, classify, compare, report_tables
 from harness.case import Case
 from harness.cells import Cell, CellPlan
 from harness.pool import Outcome, WorkerPool
-from harness.statuses import MISMATCH, PASS, SKIP, XFAIL, is_failure, worst
+from harness.statuses import FAILING_STATUSES, MISMATCH, PASS, SKIP, XFAIL, is_failure, worst
 
 CRASH_HINT = ("the worker process died in this cell (a segfault in native code, an abort, or "
               "the out-of-memory killer); its log tail is in the record, and the next cell of "
@@ -39,6 +39,7 @@ class CaseReplies:
     outcomes: dict[Cell, Outcome] = dataclasses.field(default_factory=dict)
     loaded: dict[Cell, Outcome] = dataclasses.field(default_factory=dict)
     reloaded: Outcome | None = None
+    weights_from: Cell | None = None  # the cell whose initial weights the others loaded
 
     def reply(self, cell: Cell) -> dict | None:
         outcome = self.outcomes.get(cell)
@@ -53,10 +54,10 @@ class CaseReplies:
         return {cell: self.check(cell, "save")["file"] for cell in self.file_cells.values()
                 if self.check(cell, "save").get("status") == PASS}
 
-    def exported_files(self) -> dict[Cell, str]:
-        """Each file cell's SavedModel folder, where it was written."""
+    def exported_files(self) -> dict[Cell, dict]:
+        """Each file cell's SavedModel (folder and input structure), where it was written."""
         found = {cell: self.check(cell, "export").get("saved_model", {}) for cell in self.file_cells.values()}
-        return {cell: sm["file"] for cell, sm in found.items() if sm.get("status") == PASS}
+        return {cell: sm for cell, sm in found.items() if sm.get("status") == PASS}
 
     def nojit_outputs(self, cell: Cell) -> str:
         folder = os.path.dirname(self.check(cell, "outputs").get("file") or "")
@@ -95,15 +96,17 @@ class Judge:
 
     def input_error_record(self, cell: Cell, exc: Exception) -> dict:
         record = self.base_record(cell)
-        record["checks"] = {c: {"status": SKIP} for c in self.wanted}
-        record["checks"]["build"] = {"status": "error"}
-        record["status"] = "error"
         record["failure"] = {
             "check": "build", "phase": "inputs", "kind": "bad_inputs",
             "exception": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc),
+            "root_cause": classify.root_cause(exc),
             "hint": f"the inputs or targets of case {self.case_ref.id} could not be made: fix "
                     f"inputs=/targets= (an array, tuple/list/dict of arrays, harness.spec, or rng -> those)",
         }
+        record["checks"] = {c: {"status": SKIP, "reason": "not run: the case's inputs could not be made"}
+                            for c in self.wanted}
+        record["checks"]["build"] = {"status": "error", "failure": dict(record["failure"])}
+        record["status"] = "error"
         return self.apply_xfail(cell, record)
 
     # -- a cell's record ---------------------------------------------------------------
@@ -114,13 +117,14 @@ class Judge:
         if outcome.reply is None:
             if outcome.status == SKIP:
                 return self.skip_record(cell, outcome.message)
-            record["checks"] = {c: {"status": outcome.status} for c in self.wanted}
-            record["failure"] = {
+            failure = {
                 "check": None, "phase": "worker", "kind": outcome.status, "exception": None,
-                "message": outcome.message,
+                "message": outcome.message, "root_cause": outcome.message,
                 "hint": {"crash": CRASH_HINT, "timeout": TIMEOUT_HINT}.get(outcome.status),
-                "log_tail": outcome.log_tail,
             }
+            record["checks"] = {c: {"status": outcome.status, "failure": {**failure, "check": c}}
+                                for c in self.wanted}
+            record["failure"] = {**failure, "log_tail": outcome.log_tail}
         else:
             reply = outcome.reply
             # Copies: the reply's own dicts are read again for other cells.
@@ -129,58 +133,111 @@ class Judge:
                                 for c in self.wanted}
             record["timings"] = reply.get("timings", {})
             record["notes"] = list(reply.get("notes", []))
-            if reply.get("failure"):
-                record["failure"] = {**reply["failure"], "log_tail": outcome.log_tail}
-            if cell != self.plan.reference:
-                self.compare_with_reference(cell, record, replies)
+            self.compare_with_reference(cell, record, replies)
             self.check_seed_footgun(cell, record, replies)
             self.compare_with_sibling(cell, record, replies)
             self.judge_files(cell, record, replies)
             for check in record["checks"].values():
                 for key in INTERNAL_KEYS:
                     check.pop(key, None)
+            record["failure"] = self.worst_failure(record["checks"])
+            if record["failure"] is not None:
+                record["failure"]["log_tail"] = outcome.log_tail
         record["status"] = worst(c["status"] for c in record["checks"].values())
         return self.apply_xfail(cell, record)
 
-    def compare_with_reference(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
-        checks, reference = record["checks"], self.plan.reference
-        ref_status = replies.check(reference, "build").get("status")
-        unavailable = {"status": SKIP, "reason": f"the reference cell {reference.id} did not get "
-                                                 f"this far: nothing to compare against"}
-        mine = replies.reply(cell)
+    @staticmethod
+    def worst_failure(checks: dict[str, dict]) -> dict | None:
+        """Every failing check carries its own failure record (a comparison's is made from its
+        message); the cell's `failure` is a copy of the worst one, the first in check order."""
+        failing = []
+        for name, check in checks.items():
+            if not is_failure(check["status"]):
+                continue
+            check.setdefault("failure", {
+                "check": name, "phase": "compare", "kind": check["status"], "exception": None,
+                "message": check.get("message", check["status"]), "root_cause": None,
+                "hint": check.get("hint")})
+            failing.append(check)
+        if not failing:
+            return None
+        return dict(max(failing, key=lambda c: FAILING_STATUSES.index(c["status"]))["failure"])
 
-        if checks.get("build", {}).get("status") == PASS:
-            checks["build"] = (compare.compare_variables(replies.check(reference, "build")["variables"],
-                                                         replies.check(cell, "build")["variables"])
-                               if ref_status == PASS else dict(unavailable))
+    def reference_for(self, check: str, replies: CaseReplies) -> Cell | None:
+        """The cell a check is compared with: the run's reference cell where it got through
+        the check, else the first cell in the plan's order that did with the same initial
+        weights (a fallback reference, named in the record); None where no cell did."""
+        reference = self.plan.reference
+        for candidate in [reference] + [c for c in self.plan.cells if c != reference]:
+            mine, reply = replies.check(candidate, check), replies.reply(candidate)
+            if reply is None or not (mine.get("status") == PASS or (check == "build" and "variables" in mine)):
+                continue
+            if (candidate == replies.weights_from or reply.get("weights_loaded")
+                    or not replies.check(candidate, "build").get("variables")):
+                return candidate
+        return None
+
+    def compare_with_reference(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
+        checks = record["checks"]
+        mine = replies.reply(cell)
         comparable = mine.get("weights_loaded") is not False
         not_loaded = {"status": SKIP, "reason": "the reference weights could not be loaded "
                                                 "(variable paths differ: see the build check)"}
 
+        fallbacks: dict[str, Cell] = {}
+
+        def against(check: str) -> Cell | None:
+            """The cell to compare `check` with, or None when this cell is that cell (it is the
+            reference for it) or there is none (the check is then skipped, saying why)."""
+            reference = self.reference_for(check, replies)
+            if reference is not None and reference != self.plan.reference:
+                fallbacks[check] = reference
+            if reference is None:
+                checks[check] = {"status": SKIP, "reason": f"no cell got through {check} with the "
+                                                           f"same initial weights: nothing to compare with"}
+            elif reference != cell:
+                checks[check]["compared_with"] = reference.id
+                return reference
+            return None
+
+        build = checks.get("build", {})
+        if "variables" in build and (reference := against("build")) is not None:
+            verdict = compare.compare_variables(replies.check(reference, "build")["variables"], build["variables"])
+            if build["status"] == PASS or verdict["status"] != PASS:  # an untracked-state finding stays
+                checks["build"] = {**build, **verdict, **({"failure": build["failure"]} if "failure" in build else {})}
+                if build["status"] != PASS:
+                    checks["build"]["status"] = worst([build["status"], verdict["status"]])
+
         if checks.get("outputs", {}).get("status") == PASS:
-            ref_outputs = replies.check(reference, "outputs")
-            if ref_outputs.get("status") != PASS:
-                checks["outputs"] = dict(unavailable)
-            elif not comparable:
+            if not comparable:
                 checks["outputs"] = dict(not_loaded)
-            else:
-                checks["outputs"] = self.compare_outputs(ref_outputs, replies.check(cell, "outputs"), record)
+            elif (reference := against("outputs")) is not None:
+                checks["outputs"] = {**self.compare_outputs(replies.check(reference, "outputs"),
+                                                            replies.check(cell, "outputs"), record),
+                                     "compared_with": reference.id}
 
         if checks.get("train", {}).get("status") == PASS:
-            ref_train, train = replies.check(reference, "train"), replies.check(cell, "train")
-            if ref_train.get("status") != PASS:
-                checks["train"] = dict(unavailable)
-            elif not comparable:
+            train = replies.check(cell, "train")
+            if not comparable:
                 checks["train"] = dict(not_loaded)
-            elif ref_train.get("random") or train.get("random"):
-                checks["train"] = {**checks["train"], "status": SKIP, "reason": (
-                    "training draws random numbers (dropout, noise), which differ per backend: "
-                    "losses and weights are not compared across backends")}
-            else:
-                checks["train"] = self.compare_training(ref_train, train)
+            elif (reference := against("train")) is not None:
+                ref_train = replies.check(reference, "train")
+                if ref_train.get("random") or train.get("random"):
+                    checks["train"] = {**checks["train"], "status": SKIP, "reason": (
+                        "training draws random numbers (dropout, noise), which differ per backend: "
+                        "losses and weights are not compared across backends")}
+                else:
+                    checks["train"] = {**self.compare_training(ref_train, train), "compared_with": reference.id}
 
-        if checks.get("rng", {}).get("status") == PASS:
+        if checks.get("rng", {}).get("status") == PASS and cell != replies.weights_from:
             self.compare_initializer_laws(cell, record, replies)
+        if fallbacks:
+            failure = self.worst_failure(dict(replies.reply(self.plan.reference) or {}).get("checks", {})) or {}
+            why = f"{report_tables.failure_where(failure) or 'it did not run'}: {failure.get('root_cause') or failure.get('message', '')}"[:300]
+            record["notes"].append(
+                f"the reference cell {self.plan.reference.id} failed ({why}): "
+                + ", ".join(f"{check} compared with {ref.id}" for check, ref in fallbacks.items()))
+            record["fallback_reference"] = {check: ref.id for check, ref in fallbacks.items()}
 
     def compare_outputs(self, ref_outputs: dict, outputs: dict, record: dict) -> dict:
         names, ref_leaves = load(ref_outputs["file"])
@@ -244,12 +301,11 @@ class Judge:
         if rng is None or not mine.get("random"):
             return
         if mine.get("eager_draws_advance") and not mine.get("draws_advance"):
-            rng.update(status=MISMATCH, seed_footgun=True, message=(
-                "eager calls draw new numbers each call, but this cell's compiled calls repeat "
-                "the same draws"))
-            record["failure"] = record["failure"] or {
-                "check": "rng", "phase": "predict", "kind": "python_int_seed",
-                "exception": None, "message": rng["message"], "hint": SEED_GENERATOR_HINT}
+            message = ("eager calls draw new numbers each call, but this cell's compiled calls "
+                       "repeat the same draws")
+            rng.update(status=MISMATCH, seed_footgun=True, message=message, failure={
+                "check": "rng", "phase": "predict", "kind": "python_int_seed", "exception": None,
+                "message": message, "root_cause": None, "hint": SEED_GENERATOR_HINT})
 
     def compare_with_sibling(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
         """A jit cell's seeded draws against its nojit sibling's, in the same backend."""
@@ -285,7 +341,7 @@ class Judge:
                                                           f"once, in {file_cell.id if file_cell else 'no cell'}"}
         if checks.get("save", {}).get("status") == PASS and cell in replies.loaded:
             checks["save"] = self.judge_loads(cell, checks["save"], replies.loaded[cell], replies)
-        if checks.get("export", {}).get("status") == PASS:
+        if "saved_model" in checks.get("export", {}):  # it ran: its routes are judged one by one
             checks["export"] = self.judge_export(cell, checks["export"], replies)
         # The cross-backend loads and reloads run after the cells; their seconds belong to
         # the cell whose worker loaded the others' files, and to the cell whose export it was.
@@ -309,6 +365,8 @@ class Judge:
             if result["status"] != PASS:
                 matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
                                   "hint": result["failure"].get("hint")}
+                save.setdefault("failure", {**result["failure"], "message": f".keras saved under {source}: "
+                                                                             f"{result['failure']['message']}"})
                 continue
             matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
         save["loaded_from"] = matrix
@@ -332,6 +390,9 @@ class Judge:
                     if part.get("message")]
         if messages:
             export["message"] = "; ".join(messages)
+        failures = [part["failure"] for part in (saved_model, onnx) if part.get("failure")]
+        if failures:
+            export["failure"] = failures[0]
         return export
 
     def compare_files(self, expected_path: str, got_path: str) -> dict:
@@ -346,6 +407,7 @@ class Judge:
         if export.get("status") != PASS:
             return export
         export.pop("file")
+        export.pop("input_structure", None)
         outcome = replies.reloaded
         if outcome is None or outcome.reply is None:
             if outcome is not None:
@@ -356,7 +418,7 @@ class Judge:
             return export
         if result["status"] != PASS:
             export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
-                          hint=result["failure"].get("hint"))
+                          hint=result["failure"].get("hint"), failure=result["failure"])
             return export
         export.update(self.compare_files(expected, result["file"]))
         export["reloaded_with"] = "keras.layers.TFSMLayer in a TensorFlow worker"

@@ -8,6 +8,7 @@ parsed live at module level; the state of a run lives in `ParityPlugin`, registe
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 import platform
 import sys
@@ -117,6 +118,9 @@ def parse_checks(value: str) -> tuple[str, ...]:
                               f"'all' or a comma-separated subset of {', '.join(ALL_CHECKS)}"))
 
 
+TERMINAL_MESSAGE_CHARS = 400  # a message's start, where its root cause is printed after it
+
+
 class CellFailed(Exception):
     """A cell ended in a failing status; the message is the whole story, no traceback."""
 
@@ -159,29 +163,32 @@ class ParityItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        code = getattr(self.case.factory, "__code__", None)
+        code = getattr(inspect.unwrap(self.case.factory), "__code__", None)
         return self.path, (code.co_firstlineno - 1 if code else None), self.name
 
 
 def describe_failure(record: dict, repro: str | None = None) -> str:
-    """The failure as a user reads it in pytest's output: status, check, message, hint, and
-    the case's ready-to-run reproduction where it has one."""
+    """The failure as a user reads it in pytest's output: the status, then every failing check
+    with where it failed, its message, root cause and hint; the worker log's tail, the notes,
+    and the case's ready-to-run reproduction where it has one."""
     lines = [f"{record['case']} [{record['cell']}]: {record['status']}"]
-    for name, check in record["checks"].items():
-        if check.get("message") and check["status"] not in (PASS, SKIP):
-            lines.append(f"  {name}: {check['status']} - {check['message']}")
-    failure = record.get("failure")
-    if failure:
-        where = report_tables.failure_where(failure)
-        lines.append(f"  failure ({where}): {failure.get('exception') or failure.get('kind')}: "
-                     f"{failure.get('message', '')}")
+    for name, failure in report_tables.check_failures(record):
+        where = report_tables.failure_where({**failure, "check": failure.get("check") or name})
+        what = failure.get("exception") or failure.get("kind")
+        message, cause = failure.get("message", ""), report_tables.cause_to_show(failure)
+        if cause and len(message) > TERMINAL_MESSAGE_CHARS:
+            message = message[:TERMINAL_MESSAGE_CHARS] + " [...]"  # the cause follows in full
+        lines.append(f"  {name}: {record['checks'][name]['status']} ({where}, {failure.get('kind')}): "
+                     + (f"{what}: " if what != failure.get("kind") else "") + message)
+        if cause:
+            lines.append(f"    cause: {cause}")
         if failure.get("unsupported_ops"):
-            lines.append(f"  unsupported ops: {', '.join(failure['unsupported_ops'])}")
+            lines.append(f"    unsupported ops: {', '.join(failure['unsupported_ops'])}")
         if failure.get("hint"):
-            lines.append(f"  hint: {failure['hint']}")
-        tail = [line[:200] for line in (failure.get("log_tail") or "").strip().splitlines()[-15:]]
-        if tail:
-            lines.append("  worker log (tail):\n    " + "\n    ".join(tail))
+            lines.append(f"    hint: {failure['hint']}")
+    tail = [line[:200] for line in ((record.get("failure") or {}).get("log_tail") or "").strip().splitlines()[-15:]]
+    if tail:
+        lines.append("  worker log (tail):\n    " + "\n    ".join(tail))
     for note in record.get("notes", []):
         lines.append(f"  note: {note}")
     if repro:
@@ -215,19 +222,24 @@ class ParityPlugin:
             return None
         if getattr(obj.factory, "__module__", None) != collector.obj.__name__:
             return []  # a case imported from another module is collected where it is defined
-        case_ref = CaseRef.from_module(f"{collector.nodeid}::{name}", collector.obj, name)
         reason = obj.skip_reason(self.plan.reference.id)
         if reason is not None:  # every other cell loads the reference's weights and compares with it
             raise collector.CollectError(
-                f"{case_ref.id}: its skip patterns match the reference cell {self.plan.reference.id} "
-                f"({reason!r}), which every other cell is compared with: narrow the pattern, or "
-                f"choose another cell with --keras-reference")
-        # The node id is given whole, so pytest parses `[cell]` as parameters, as it does for
-        # parametrized functions (--lf and --deselect match on that form).
-        return [ParityItem.from_parent(collector, name=f"{name}[{cell.id}]",
-                                       nodeid=f"{collector.nodeid}::{name}[{cell.id}]",
-                                       case=obj, case_ref=case_ref, cell=cell)
-                for cell in self.plan.cells]
+                f"{collector.nodeid}::{name}: its skip patterns match the reference cell "
+                f"{self.plan.reference.id} ({reason!r}), which every other cell is compared with: "
+                f"narrow the pattern, or choose another cell with --keras-reference")
+        items = []
+        for param in [param for param, _ in obj.params] or [None]:
+            case = obj.bind(param) if param is not None else obj
+            prefix = f"{param}-" if param is not None else ""
+            case_ref = CaseRef.from_module(f"{collector.nodeid}::{case.name}", collector.obj, name, param)
+            # The node id is given whole, so pytest parses `[cell]` as parameters, as it does
+            # for parametrized functions (--lf and --deselect match on that form).
+            items += [ParityItem.from_parent(collector, name=f"{name}[{prefix}{cell.id}]",
+                                             nodeid=f"{collector.nodeid}::{name}[{prefix}{cell.id}]",
+                                             case=case, case_ref=case_ref, cell=cell)
+                      for cell in self.plan.cells]
+        return items
 
     # -- running -----------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def render(report: dict) -> str:
         render_compile_failures(cells),
         render_timings(cells),
         render_save_matrix(cells),
-        render_failures(failed, anchors),
+        render_failures(cells, failed, anchors),
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
@@ -86,9 +86,9 @@ def render_matrix(cells: list[dict], anchors: dict) -> str:
             if record is None:
                 tds.append("<td></td>")
                 continue
-            err = tables.worst_error(record)
-            text = esc(record["status"]) + (f" <small>({err:.1e})</small>" if err else "")
-            message = (record.get("failure") or {}).get("message", "")
+            text = esc(record["status"]) + f'<br><small class="marks">{esc(tables.check_marks(record))}</small>'
+            message = "; ".join(f"{name}: {f.get('root_cause') or f.get('message', '')}"
+                                for name, f in tables.check_failures(record))
             tds.append(status_td(record["status"], text, anchors.get((case, record["cell"])), message[:300]))
         rows.append(f"<tr><th><code>{esc(case)}</code></th>{''.join(tds)}</tr>")
     return (f'<h2>Matrix</h2><table id="matrix"><thead><tr><th>case</th>{head}</tr></thead>'
@@ -231,30 +231,56 @@ def render_save_matrix(cells: list[dict]) -> str:
             f"<th>saved under</th>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def render_failures(failed: list[dict], anchors: dict) -> str:
-    if not failed:
+def render_failure(name: str, f: dict) -> str:
+    """One failing check: where and what, its message, root cause, hint, ops and traceback."""
+    where = tables.failure_where({**f, "check": f.get("check") or name})
+    parts = [f'<div class="check-failure"><h4>{esc(name)}: {esc(f.get("kind", ""))} in {esc(where)}</h4>',
+             f'<pre class="message">{esc(f.get("exception") or "")}{": " if f.get("exception") else ""}'
+             f'{esc(f.get("message", ""))}</pre>']
+    if tables.cause_to_show(f):
+        parts.append(f'<p class="cause">Cause: <code>{esc(tables.cause_to_show(f))}</code></p>')
+    if f.get("unsupported_ops"):
+        parts.append(f"<p>Unsupported ops: {esc(', '.join(f['unsupported_ops']))}</p>")
+    if f.get("hint"):
+        parts.append(f'<p class="hint">Hint: {esc(f["hint"])}</p>')
+    if f.get("traceback"):
+        parts.append(f"<details><summary>Traceback</summary><pre>{esc(f['traceback'])}</pre></details>")
+    return "".join(parts) + "</div>"
+
+
+def render_properties(properties: list[dict]) -> str:
+    if not properties:
         return ""
-    parts = ["<h2>Failures</h2>"]
+    parts = ['<h2>Properties of the models</h2><p class="muted">Failures every cell that ran the check '
+             "shares, the reference included: the model's, not a divergence between backends.</p>"]
+    for p in properties:
+        parts.append(f'<section class="property"><h3><code>{esc(p["case"])}</code>, in {len(p["cells"])} cells '
+                     f'<small class="muted">({esc(", ".join(p["cells"]))})</small></h3>'
+                     f"{render_failure(p['check'], p['failure'])}</section>")
+    return "".join(parts)
+
+
+def render_failures(cells: list[dict], failed: list[dict], anchors: dict) -> str:
+    properties = tables.model_properties(cells)
+    parts = [render_properties(properties)]
+    if failed:
+        parts.append("<h2>Failures</h2>")
     for c in failed:
         f = c.get("failure") or {}
-        where = tables.failure_where(f)
         parts.append(f'<section id="{anchors[(c["case"], c["cell"])]}" class="failure">'
-                     f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}"
-                     f"{' in ' + esc(where) if where else ''}</h3>")
+                     f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}</h3>")
         if c.get("xfail"):
             x = c["xfail"]
             parts.append(f"<p>Declared: {esc(x.get('expected'))} ({esc(x.get('reason'))}); "
                          f"got {esc(x.get('actual'))}.</p>")
-        if f.get("message"):
-            parts.append(f"<pre class=\"message\">{esc(f.get('exception', ''))}: {esc(f['message'])}</pre>")
-        if f.get("hint"):
-            parts.append(f'<p class="hint">Hint: {esc(f["hint"])}</p>')
-        for bad in tables.failed_checks(c):
-            parts.append(f"<p>{esc(bad)}</p>")
+        bad = tables.divergences(c, properties)
+        shared = len(tables.check_failures(c)) - len(bad)
+        for name, failure in bad:
+            parts.append(render_failure(name, failure))
+        if shared:
+            parts.append(f'<p class="muted">{shared} more failing check(s): properties of the model, above.</p>')
         for note in c.get("notes", []):
             parts.append(f'<p class="muted">Note: {esc(note)}</p>')
-        if f.get("traceback"):
-            parts.append(f"<details><summary>Traceback</summary><pre>{esc(f['traceback'])}</pre></details>")
         if f.get("log_tail"):
             parts.append(f"<details><summary>Worker log</summary><pre>{esc(f['log_tail'])}</pre></details>")
         parts.append("<details><summary>Checks</summary><pre>"

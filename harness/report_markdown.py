@@ -25,6 +25,8 @@ def render(report: dict) -> str:
     lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
                  + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
     lines += render_matrix(cells)
+    for case, compared in tables.fallback_references(cells):
+        lines.append(f"\nFallback reference for `{escape(case)}` (its reference cell failed): {escape(compared)}")
     lines += render_coverage(cells)
     lines += render_machine_dependent(cells)
     lines += render_compile_failures(cells)
@@ -36,16 +38,18 @@ def render(report: dict) -> str:
 
 def render_matrix(cells: list[dict]) -> list[str]:
     m = tables.matrix(cells)
-    lines = ["", "| case | " + " | ".join(m.cell_ids) + " |", "|---" * (len(m.cell_ids) + 1) + "|"]
+    lines = ["", "Each cell: its status, then a mark per check (B build, O outputs with its max abs "
+             "error, T train, R rng, S save, E export, t timing; ✓ passed, ≠ mismatched, ✗ failed, "
+             "· skipped or not run).", "",
+             "| case | " + " | ".join(m.cell_ids) + " |", "|---" * (len(m.cell_ids) + 1) + "|"]
     for case, records in m.rows:
         row = []
         for record in records:
             if record is None:
                 row.append("")
                 continue
-            err = tables.worst_error(record)
             row.append(tables.STATUS_MARKS.get(record["status"], record["status"])
-                       + (f" ({err:.1e})" if err else ""))
+                       + f"<br>{escape(tables.check_marks(record))}")
         lines.append(f"| `{escape(case)}` | " + " | ".join(row) + " |")
     return lines
 
@@ -127,20 +131,43 @@ def render_save_matrix(cells: list[dict]) -> list[str]:
     return lines
 
 
-def render_failures(cells: list[dict]) -> list[str]:
-    failed = tables.failures(cells)
-    if not failed:
+def render_failure(name: str, f: dict) -> list[str]:
+    """One failing check: where, what, the message's start, the root cause whole, the hint."""
+    where = tables.failure_where({**f, "check": f.get("check") or name})
+    lines = [f"  - **{escape(name)}** ({escape(where)}, {escape(f.get('kind', ''))}): "
+             f"{escape(f.get('message', ''))[:MESSAGE_CHARS]}"]
+    cause = tables.cause_to_show({**f, "message": f.get("message", "")[:MESSAGE_CHARS]})
+    if cause:
+        lines.append(f"    - cause: {escape(cause)}")
+    if f.get("hint"):
+        lines.append(f"    - hint: {escape(f['hint'])}")
+    return lines
+
+
+def render_properties(properties: list[dict]) -> list[str]:
+    if not properties:
         return []
-    lines = ["", "## Failures", ""]
-    for c in failed:
-        f = c.get("failure") or {}
-        bad = tables.failed_checks(c)
-        where = tables.failure_where(f)
-        lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**"
-                     + (f" ({where}: {escape(f.get('message', ''))[:MESSAGE_CHARS]})" if f else "")
-                     + ("; " + escape("; ".join(bad))[:MESSAGE_CHARS] if bad and not f else ""))
-        if f.get("hint"):
-            lines.append(f"  - hint: {escape(f['hint'])}")
+    lines = ["", "## Properties of the models", "",
+             "Failures every cell that ran the check shares, the reference included: the model's, "
+             "not a divergence between backends.", ""]
+    for p in properties:
+        lines.append(f"- `{escape(p['case'])}` in {len(p['cells'])} cells ({escape(', '.join(p['cells']))})")
+        lines += render_failure(p["check"], p["failure"])
+    return lines
+
+
+def render_failures(cells: list[dict]) -> list[str]:
+    properties = tables.model_properties(cells)
+    lines = render_properties(properties)
+    failed = [(c, tables.divergences(c, properties)) for c in tables.failures(cells)]
+    failed = [(c, bad) for c, bad in failed if bad or c.get("xfail")]
+    if not failed:
+        return lines
+    lines += ["", "## Failures", ""]
+    for c, bad in failed:
+        lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**")
+        for name, f in bad:
+            lines += render_failure(name, f)
         if c.get("xfail"):
             lines.append(f"  - declared: {escape(c['xfail']['expected'])} ({escape(c['xfail']['reason'])})")
     return lines

@@ -36,11 +36,6 @@ def status_counts(cells: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def worst_error(record: dict) -> float | None:
-    """The largest absolute output error against the reference, where one was measured."""
-    return record.get("checks", {}).get("outputs", {}).get("max_abs_err") or None
-
-
 @dataclasses.dataclass
 class Matrix:
     cell_ids: list[str]
@@ -59,9 +54,89 @@ def failures(cells: list[dict]) -> list[dict]:
     return [c for c in cells if c.get("failure") or c["status"] not in ("pass", "skip")]
 
 
-def failed_checks(record: dict) -> list[str]:
-    return [f"{name}: {chk.get('message') or chk['status']}" for name, chk in record.get("checks", {}).items()
-            if chk.get("status") not in ("pass", "skip", None)]
+FAILING = ("mismatch", "error", "compile_error", "crash", "timeout")
+
+#: One letter per check in the matrix, and one mark per check status.
+CHECK_LETTERS = {"build": "B", "outputs": "O", "train": "T", "rng": "R", "save": "S", "export": "E",
+                 "timing": "t"}
+CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "compile_error": "✗",
+               "crash": "✗", "timeout": "✗"}
+
+
+def check_marks(record: dict) -> str:
+    """The matrix's per-check summary of a cell: `B✓ O✓ 2.1e-07 T✓ S✗ E·` (✓ passed, ≠
+    mismatched, ✗ failed, · skipped or not run), the outputs error beside O."""
+    marks = []
+    checks = record.get("checks", {})
+    for name in sorted(checks, key=lambda n: list(CHECK_LETTERS).index(n) if n in CHECK_LETTERS else 99):
+        check = checks[name]
+        mark = CHECK_LETTERS.get(name, name) + CHECK_MARKS.get(check.get("status"), "?")
+        if name == "outputs" and check.get("max_abs_err"):
+            mark += f" {check['max_abs_err']:.1e}"
+        marks.append(mark)
+    return " ".join(marks)
+
+
+def fallback_references(cells: list[dict]) -> list[tuple[str, str]]:
+    """(case, what was compared with which cell) where the reference cell failed and another
+    cell stood in for it."""
+    found = {}
+    for c in cells:
+        if c.get("fallback_reference"):
+            found[c["case"]] = ", ".join(f"{check} with {ref}" for check, ref in c["fallback_reference"].items())
+    return list(found.items())
+
+
+def check_failures(record: dict) -> list[tuple[str, dict]]:
+    """(check, failure record) for every failing check of a cell, in check order; a check
+    without a record of its own (an older report) gets one from its message."""
+    found = []
+    checks = record.get("checks", {})
+    for name in sorted(checks, key=lambda n: list(CHECK_LETTERS).index(n) if n in CHECK_LETTERS else 99):
+        check = checks[name]
+        if check.get("status") in FAILING:
+            found.append((name, check.get("failure") or {
+                "check": name, "kind": check["status"], "message": check.get("message", check["status"])}))
+    return found
+
+
+def cause_to_show(failure: dict) -> str | None:
+    """The root cause, where the message does not already say it."""
+    cause = failure.get("root_cause")
+    if not cause or cause.split(": ", 1)[-1] in failure.get("message", ""):
+        return None
+    return cause
+
+
+def failure_key(failure: dict) -> tuple:
+    """What makes two cells' failures the same failure: where, what kind, and the cause."""
+    return (failure.get("check"), failure.get("phase"), failure.get("kind"),
+            failure.get("root_cause") or failure.get("message"))
+
+
+def model_properties(cells: list[dict]) -> list[dict]:
+    """Failures that every cell of a case that ran the check shares, the reference included: a
+    property of the model (it cannot be saved on any backend), reported once rather than per
+    cell. Rows: case, check, the failure, and the cells that share it."""
+    by_case: dict[str, list[dict]] = {}
+    for c in cells:
+        by_case.setdefault(c["case"], []).append(c)
+    rows = []
+    for case, records in by_case.items():
+        reference = next((r for r in records if r["cell"] == r.get("reference")), None)
+        if reference is None:
+            continue
+        for key, failure in {failure_key(f): f for _, f in check_failures(reference)}.items():
+            ran = [r for r in records if r.get("checks", {}).get(key[0], {}).get("status", "skip") != "skip"]
+            if len(ran) >= 2 and all(key in {failure_key(f) for _, f in check_failures(r)} for r in ran):
+                rows.append({"case": case, "check": key[0], "failure": failure, "cells": [r["cell"] for r in ran]})
+    return rows
+
+
+def divergences(record: dict, properties: list[dict]) -> list[tuple[str, dict]]:
+    """A cell's failing checks less the model's properties (those are reported once)."""
+    shared = {failure_key(p["failure"]) for p in properties if p["case"] == record["case"]}
+    return [(name, f) for name, f in check_failures(record) if failure_key(f) not in shared]
 
 
 def machine_dependent(cells: list[dict]) -> list[dict]:

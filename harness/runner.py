@@ -59,7 +59,8 @@ def load_case(case_ref: dict):
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)
-    return getattr(module, case_ref["attr"])
+    case = getattr(module, case_ref["attr"])
+    return case.bind(case_ref["param"]) if case_ref.get("param") is not None else case
 
 
 def wrap_layer(layer, inputs):
@@ -70,18 +71,6 @@ def wrap_layer(layer, inputs):
     symbolic = keras.tree.map_structure(
         lambda x: keras.Input(batch_shape=x.shape, dtype=str(x.dtype)), inputs)
     return keras.Model(symbolic, layer(symbolic), name=f"{layer.name}_model")
-
-
-def float_array_kind(value) -> str | None:
-    """'numpy', 'jax', 'torch' or 'tensorflow' for a floating-point array of that library."""
-    library = type(value).__module__.split(".")[0]
-    if library == "jaxlib":
-        library = "jax"
-    if library not in ("numpy", "jax", "torch", "tensorflow") or not hasattr(value, "shape"):
-        return None
-    dtype = getattr(value, "dtype", None)
-    name = getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
-    return library if str(name).startswith(("float", "bfloat")) else None
 
 
 def backend_jit(fn, backend: str):
@@ -179,14 +168,15 @@ def recording_random_use():
 
 
 def untracked_state(obj) -> list[str]:
-    """Attributes that hold state Keras does not track: framework variables and raw arrays."""
+    """Attributes that hold trainable state Keras does not track: framework variables and
+    parameters. Constants (arrays, tensors: a graph's edges, a lookup table) are not state."""
     import keras
 
     found = []
     layers = list(obj._flatten_layers()) if hasattr(obj, "_flatten_layers") else [obj]
     for layer in layers:
         if type(layer).__module__.startswith("keras."):
-            continue  # Keras' own layers keep constants as attributes (Normalization's mean)
+            continue
         # Under torch a layer is a torch.nn.Module, which files a Parameter attribute away in
         # its own `_parameters` registry (Keras keeps its variables under `_torch_params`).
         tracked = {id(v.value) for v in layer.weights}
@@ -202,9 +192,6 @@ def untracked_state(obj) -> list[str]:
                 found.append(f"{layer.name}.{attr} is a tf.Variable")
             elif library == "torch" and (name == "Parameter" or getattr(value, "requires_grad", False)):
                 found.append(f"{layer.name}.{attr} is a torch.nn.Parameter")
-            elif float_array_kind(value) and int(np.prod(tuple(value.shape))) > 1:
-                found.append(f"{layer.name}.{attr} is a raw {float_array_kind(value)} array "
-                             f"of shape {tuple(int(d) for d in value.shape)}")
     return found
 
 
@@ -231,7 +218,6 @@ class CellRun:
         self.out_dir = request["out_dir"]
         self.wanted = request["checks"]
         self.checks: dict[str, dict] = {}
-        self.failure: classify.Failure | None = None
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
         self.weights_loaded: bool | None = None  # None: this cell is the reference
@@ -269,15 +255,15 @@ class CellRun:
         failure.extra["unsupported_ops"] = list(dict.fromkeys(failure.extra["unsupported_ops"] + found))
 
     def optional_check(self, check: str, fn) -> None:
-        """A check whose failure does not stop the others (save, export, train, rng)."""
+        """A check whose failure does not stop the others (save, export, train, rng): it is
+        recorded in the check's own entry."""
         if check not in self.wanted:
             return
         t0 = time.perf_counter()
         try:
             fn()
         except StepFailed as failed:
-            self.checks[check] = {"status": failed.status}
-            self.failure = self.failure or failed.failure
+            self.fail(failed)
         finally:
             self.timings[f"{check}_s"] = time.perf_counter() - t0  # the whole check, compiles included
 
@@ -299,10 +285,11 @@ class CellRun:
         try:
             self.run_checks()
         except StepFailed as failed:
-            self.checks.setdefault(failed.failure.check, {})["status"] = failed.status
-            self.failure = self.failure or failed.failure
+            self.fail(failed)
+            where = f"{failed.failure.check}/{failed.failure.phase}"
             for check in self.wanted:
-                self.checks.setdefault(check, {"status": SKIP, "reason": f"{failed.failure.check} failed"})
+                self.checks.setdefault(check, {"status": SKIP, "reason": f"not run: {where} failed "
+                                                                         f"before it, and it needs what that makes"})
         if graphs_before is not None:
             self.record_torch_graphs(torch_graphs_compiled() - graphs_before)
         if cache_hits_before is not None:
@@ -313,16 +300,20 @@ class CellRun:
         return {
             "type": "cell_result",
             "checks": self.checks,
-            "failure": self.failure.to_json() if self.failure else None,
             "timings": self.timings,
             "notes": self.notes,
             "weights_loaded": self.weights_loaded,
         }
 
+    def fail(self, failed: StepFailed) -> None:
+        """Record a check's failure in its own entry (what it measured before failing kept)."""
+        entry = self.checks.get(failed.failure.check, {})
+        self.checks[failed.failure.check] = {**entry, "status": failed.status, "failure": failed.failure.to_json()}
+
     def record_torch_graphs(self, count: int) -> None:
         """A torch jit cell says how many graphs torch.compile made: none means it ran eagerly."""
         self.timings["compiled_graphs"] = count
-        if count == 0 and self.failure is None:
+        if count == 0 and not any("failure" in check for check in self.checks.values()):
             self.notes.append("torch.compile compiled no graph in this jit cell: dynamo ran every "
                               "step eagerly (see the worker log for its reasons)")
 
@@ -366,7 +357,10 @@ class CellRun:
                 lambda x: obj(x, training=False)) if kind == "model" else obj
         self.timings["build_s"] = time.perf_counter() - t0
         self.checks["build"] = {"status": PASS, "variables": self.variables(obj, kind)}
-        self.check_untracked_state(obj, kind)
+        try:  # a finding about the model's state: the other checks still run
+            self.check_untracked_state(obj, kind)
+        except StepFailed as failed:
+            self.fail(failed)
         self.step("build", "weights", lambda: self.exchange_weights(obj, kind))
 
         outputs = self.check_outputs(obj, kind, inputs)
@@ -618,12 +612,26 @@ class CellRun:
                                                      "torch needs torch_xla, which is not installed here"}
         else:
             path = os.path.join(self.out_dir, "saved_model")
-            self.step("export", "export", lambda: model.export(
-                path, format="tf_saved_model", verbose=False, input_signature=signature))
-            saved_model = {"status": PASS, "file": path}
-        onnx = self.export_onnx(model, signature)
+
+            def export_saved_model():
+                self.step("export", "export", lambda: model.export(
+                    path, format="tf_saved_model", verbose=False, input_signature=signature))
+                return {"status": PASS, "file": path, "input_structure": input_structure(model, self.inputs)}
+
+            saved_model = self.route(export_saved_model)
+        onnx = self.route(lambda: self.export_onnx(model, signature))  # whatever the SavedModel did
+        failures = [r["failure"] for r in (saved_model, onnx) if "failure" in r]
         self.checks["export"] = {"status": worst([saved_model["status"], onnx["status"]]),
-                                 "saved_model": saved_model, "onnx": onnx}
+                                 "saved_model": saved_model, "onnx": onnx,
+                                 **({"failure": failures[0]} if failures else {})}
+
+    @staticmethod
+    def route(fn) -> dict:
+        """One of a check's independent routes (SavedModel, ONNX): its result, or its failure."""
+        try:
+            return fn()
+        except StepFailed as failed:
+            return {"status": failed.status, "failure": failed.failure.to_json()}
 
     def export_onnx(self, model, signature) -> dict:
         converter = {"jax": "jax2onnx", "tensorflow": "tf2onnx", "torch": "onnxscript"}[self.backend]
@@ -676,6 +684,23 @@ class CellRun:
 
 # -- requests that read other cells' files ---------------------------------------------
 
+def input_structure(model, inputs) -> str:
+    """How the exported model takes its inputs at the top: 'list', 'tuple', 'dict' or 'single'.
+    A functional model keeps the structure it was built with, which its SavedModel's signature
+    has too (a list there refuses a tuple: "Can not cast"); other models take the case's."""
+    structure = getattr(model, "_inputs_struct", inputs)
+    return {list: "list", tuple: "tuple", dict: "dict"}.get(type(structure), "single")
+
+
+def as_structure(inputs, structure: str):
+    """The case's inputs in the structure a SavedModel was exported with."""
+    if structure == "list" and isinstance(inputs, tuple):
+        return list(inputs)
+    if structure == "tuple" and isinstance(inputs, list):
+        return tuple(inputs)
+    return inputs
+
+
 def load_saved_models(request: dict) -> dict:
     """Load `.keras` files saved under other backends and predict on the case's inputs."""
     import keras
@@ -716,7 +741,7 @@ def reload_exports(request: dict) -> dict:
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
             out = os.path.join(request["out_dir"], f"export_{source}.npz")
-            arrays.save_tree(out, to_numpy_tree(layer(inputs)))
+            arrays.save_tree(out, to_numpy_tree(layer(as_structure(inputs, request["structures"][source]))))
             results[source] = {"status": PASS, "file": out}
         except Exception as exc:  # noqa: BLE001
             _, failure = classify.describe(exc, check="export", phase="reload_tfsmlayer", jit=False)

@@ -22,6 +22,7 @@ from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
 from harness.judge import CaseReplies, Judge
 from harness.pool import Job, Outcome, WorkerPool
+from harness.statuses import PASS
 
 #: Checks that depend on the file, not on jit: they run once per (backend, device).
 ONCE_PER_WORKER = ("save", "export")
@@ -37,9 +38,10 @@ class CaseRef:
     file: str
     attr: str
     import_root: str | None
+    param: str | None = None  # the case's `params` entry, for a case made from a zoo
 
     @classmethod
-    def from_module(cls, case_id: str, module, attr: str) -> CaseRef:
+    def from_module(cls, case_id: str, module, attr: str, param: str | None = None) -> CaseRef:
         file = os.path.abspath(module.__file__)
         parts = module.__name__.split(".")
         root = file
@@ -47,7 +49,7 @@ class CaseRef:
             root = os.path.dirname(root)
         expected = [os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")]
         importable = file in expected and sys.modules.get(module.__name__) is module
-        return cls(case_id, module.__name__, file, attr, root if importable else None)
+        return cls(case_id, module.__name__, file, attr, root if importable else None, param)
 
 
 def file_cells(cells: list[Cell]) -> dict[tuple[str, str], Cell]:
@@ -114,10 +116,9 @@ class ParitySession:
         weights_path = os.path.join(case_dir, "reference_weights.npz")
         common = {"case": dataclasses.asdict(case_ref), "inputs": inputs_path, "seed": seed}
 
-        def job(cell: Cell) -> Job:
+        def job(cell: Cell, writes_weights: bool = False) -> Job:
             out_dir = os.path.join(case_dir, cell.id)
             os.makedirs(out_dir)
-            is_reference = cell == reference
             request = {
                 **common,
                 "type": "run_cell",
@@ -126,10 +127,10 @@ class ParitySession:
                            and (c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell)],
                 "targets": targets_path,
                 "out_dir": out_dir,
-                "save_weights_to": weights_path if is_reference else None,
-                # Without the reference's weights (it failed), a cell keeps its own; its
-                # comparisons are then skipped, not failed.
-                "load_weights_from": weights_path if not is_reference and os.path.exists(weights_path) else None,
+                "save_weights_to": weights_path if writes_weights else None,
+                # Without any cell's weights (every candidate failed first), a cell keeps its
+                # own; its comparisons are then skipped, not failed.
+                "load_weights_from": weights_path if not writes_weights and os.path.exists(weights_path) else None,
             }
             return Job(cell.worker_key, request, self.timeout,
                        lambda outcome: replies.outcomes.__setitem__(cell, outcome))
@@ -139,8 +140,17 @@ class ParitySession:
         for cell in runnable[1:]:
             if cell.worker_key not in self.pool.unavailable:
                 self.pool.start(cell.worker_key)
-        self.pool.run([job(reference)])
-        self.pool.run([job(cell) for cell in runnable[1:]])
+        # The reference writes the initial weights every other cell loads. Where it fails
+        # before it gets there, the next cell that runs writes them instead (the fallback
+        # reference, named in the records), so the cells that work are still compared.
+        rest = list(runnable)
+        while rest:
+            writer = rest.pop(0)
+            self.pool.run([job(writer, writes_weights=True)])
+            if os.path.exists(weights_path) or replies.check(writer, "outputs").get("status") == PASS:
+                replies.weights_from = writer
+                break
+        self.pool.run([job(cell) for cell in rest])
         self.run_cross_checks(replies, common, case_dir)
 
         for cell in runnable:
@@ -164,9 +174,10 @@ class ParitySession:
             if "tensorflow" in installed_backends() and EXPORT_RELOADER not in self.pool.unavailable:
                 out_dir = os.path.join(case_dir, "export-reloads")
                 os.makedirs(out_dir)
-                files = {cell.id: path for cell, path in exported.items()}
+                files = {cell.id: sm["file"] for cell, sm in exported.items()}
+                structures = {cell.id: sm["input_structure"] for cell, sm in exported.items()}
                 jobs.append(Job(EXPORT_RELOADER, {**common, "type": "reload_exports", "files": files,
-                                                  "out_dir": out_dir}, self.timeout,
+                                                  "structures": structures, "out_dir": out_dir}, self.timeout,
                                 lambda o: setattr(replies, "reloaded", o)))
             else:
                 replies.reloaded = Outcome(status="skip", message="reloading a SavedModel needs a "

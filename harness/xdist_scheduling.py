@@ -20,9 +20,11 @@ class CaseScheduling(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         if "@" in nodeid:  # --dist loadgroup: the item's xdist_group mark names its unit
             return nodeid.rsplit("@", 1)[-1]
-        case, _, cell = nodeid.rpartition("[")
+        case, _, inner = nodeid.rpartition("[")
+        cell = "-".join(inner.removesuffix("]").split("-")[-3:])  # `[cell]` or `[param-cell]`
         try:
-            Cell.parse(cell.removesuffix("]"))
+            Cell.parse(cell)
         except UsageError:
             return nodeid  # neither a cell item nor grouped: scheduled alone, as under `load`
-        return case
+        param = inner.removesuffix("]")[:-len(cell)].removesuffix("-")
+        return f"{case}[{param}]" if param else case

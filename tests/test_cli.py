@@ -232,16 +232,27 @@ def counted():
     with open({str(built)!r}, "a") as log:
         log.write("counted\\n")
     return keras.layers.Dense(2)
+
+@harness.parity_case(inputs=lambda rng, units: rng.normal(size=(2, units)).astype("float32"),
+                     checks=["build", "outputs"], params={{"two": {{"units": 2}}, "four": {{"units": 4}}}})
+def zoo(units):
+    import keras
+    with open({str(built)!r}, "a") as log:
+        log.write(f"zoo{{units}}\\n")
+    return keras.layers.Dense(units)
 '''
-    plain = parity(source, "--keras-jit=off", "-p", "no:cacheprovider").statuses()
-    assert built.read_text().split() == ["counted"] * 3
+    run = parity(source, "--keras-jit=off", "-p", "no:cacheprovider")
+    plain = run.statuses()
+    assert sorted(built.read_text().split()) == ["counted"] * 3 + ["zoo2"] * 3 + ["zoo4"] * 3
+    assert {"zoo[two-jax-cpu-nojit]", "zoo[four-torch-cpu-nojit]"} <= set(run.outcomes())
+    assert run.cell("zoo[four]", "torch-cpu-nojit")["checks"]["build"]["status"] == "pass"
     built.unlink()
     distributed = parity(source, "--keras-jit=off", "-n", "2", "-p", "no:cacheprovider")
     assert distributed.statuses() == plain
-    assert len(plain) == 12
-    assert sorted(o for o in distributed.outcomes().values()) == ["failed"] * 3 + ["passed"] * 9
+    assert len(plain) == 18
+    assert sorted(o for o in distributed.outcomes().values()) == ["failed"] * 3 + ["passed"] * 15
     # all cells of a case run on one xdist worker: a case split across two would run twice
-    assert built.read_text().split() == ["counted"] * 3
+    assert sorted(built.read_text().split()) == ["counted"] * 3 + ["zoo2"] * 3 + ["zoo4"] * 3
     # two pools, two sets of worker logs: neither pool reads the other's log as its own
     folders = {p.parent.name for p in (distributed.path / "reports" / "workers").glob("*/*.log")}
     assert folders and folders <= {"gw0", "gw1"}, folders

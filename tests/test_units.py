@@ -30,6 +30,8 @@ def test_xdist_hands_out_whole_cases():
     # other tests keep `load`'s item-by-item units, and their xdist_group under loadgroup
     assert scope("tests/test_x.py::test_y[3]") == "tests/test_x.py::test_y[3]"
     assert scope("tests/test_x.py::test_y[torch-cpu-jit]@slow") == "slow"
+    # a zoo: each entry of a case's params is a case of its own
+    assert scope("suites/examples/test_zoo.py::zoo[vit-small-jax-cpu-jit]") == "suites/examples/test_zoo.py::zoo[vit-small]"
 
 
 def test_plan_asks_for_every_combination_and_picks_the_reference():
@@ -103,6 +105,33 @@ def test_bad_case_declarations_are_refused_with_the_case_named(kwargs, message):
 
     with pytest.raises(harness.CaseDefinitionError, match=message):
         harness.parity_case(inputs=harness.spec((1,)), **kwargs)(my_case)
+
+
+def test_params_make_a_case_per_entry_whose_inputs_may_take_them():
+    def inputs(rng, width):
+        return rng.normal(size=(2, width)).astype("float32")
+
+    def zoo(width, depth=1):
+        return ("model", width, depth)
+
+    case = harness.parity_case(inputs=inputs, params={"narrow": {"width": 2}, "deep": {"width": 3, "depth": 4}})(zoo)
+    deep = case.bind("deep")
+    assert deep.name == "zoo[deep]" and deep() == ("model", 3, 4)
+    assert deep.make_inputs(0).shape == (2, 3) and case.bind("narrow").make_inputs(0).shape == (2, 2)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({}, "non-empty dict"),
+    ({"a b": {"width": 2}}, "without brackets"),
+    ({"wide": 64}, "must be a dict of keyword arguments"),
+    ({"wide": {"widht": 64}}, r"cannot take \{'widht': 64\}"),
+])
+def test_bad_params_are_refused_with_the_case_and_entry_named(params, message):
+    def zoo(width):
+        pass
+
+    with pytest.raises(harness.CaseDefinitionError, match=f"case 'zoo': params.*{message}"):
+        harness.parity_case(inputs=harness.spec((1,)), params=params)(zoo)
 
 
 def test_bad_inputs_name_what_to_change():
@@ -311,6 +340,34 @@ def test_the_guides_errors_get_the_guides_hints(message, kind):
     status, failure = classify.describe(ValueError(message), check="build", phase="factory", jit=False)
     assert status == "error" and failure.kind == kind and failure.hint
     assert "\x1b" not in failure.message
+
+
+def test_the_root_cause_is_the_innermost_error_of_the_chain_in_full():
+    # As Keras' deserialization raises it: each level wraps the one below in its own words.
+    try:
+        try:
+            try:
+                raise TypeError("Patches.__init__() got an unexpected keyword argument 'name'")
+            except TypeError as inner:
+                raise TypeError(f"Error when deserializing class 'Patches' using config={{...}}.\n\n"
+                                f"Exception encountered: {inner}") from None
+        except TypeError as middle:
+            raise TypeError("<class 'Functional'> could not be deserialized properly. " + "x" * 5000) from middle
+    except TypeError as exc:
+        status, failure = classify.describe(exc, check="save", phase="load_keras", jit=False)
+    assert failure.root_cause == "TypeError: Error when deserializing class 'Patches' using config={...}.\n\n" \
+                                 "Exception encountered: Patches.__init__() got an unexpected keyword argument 'name'"
+    assert failure.kind == "init_without_kwargs"  # matched on the chain, not the outer message only
+    assert "'name'" in failure.hint and "**kwargs" in failure.hint
+
+
+def test_arrays_in_messages_are_summarised_not_printed_whole():
+    printed = str(np.arange(400, dtype=np.float32).reshape(20, 20) / 7)
+    _, failure = classify.describe(ValueError(f"Can not cast {printed} to float64"), check="export",
+                                   phase="reload_tfsmlayer", jit=False)
+    assert len(failure.message) < 200
+    assert "[array of 400 values, 2-d: 0., 0.14285715, 0.2857143, 0.42857143, ...]" in failure.message
+    assert classify.summarize_arrays("shape [2, 3] and [[1 2] [3 4]]") == "shape [2, 3] and [[1 2] [3 4]]"
 
 
 def test_the_mapped_npz_reader_agrees_with_numpy(tmp_path):
