@@ -65,6 +65,12 @@ class CaseReplies:
         return path if os.path.exists(path) else os.path.join(folder, "outputs.npz")
 
 
+def fallback_order(plan: CellPlan) -> list[Cell]:
+    """The reference cell, then the others in the plan's order with nojit cells first: an
+    eager cell is the likelier stand-in for the reference than a compiler's output."""
+    return [plan.reference] + sorted((c for c in plan.cells if c != plan.reference), key=lambda c: c.jit)
+
+
 def load(path: str):
     skeleton, leaves = arrays.load_leaves(path)
     return arrays.leaf_names(skeleton), leaves
@@ -165,10 +171,9 @@ class Judge:
 
     def reference_for(self, check: str, replies: CaseReplies) -> Cell | None:
         """The cell a check is compared with: the run's reference cell where it got through
-        the check, else the first cell in the plan's order that did with the same initial
-        weights (a fallback reference, named in the record); None where no cell did."""
-        reference = self.plan.reference
-        for candidate in [reference] + [c for c in self.plan.cells if c != reference]:
+        the check, else the first cell that did with the same initial weights, nojit cells
+        before compiled ones (a fallback reference, named in the record); None where none did."""
+        for candidate in fallback_order(self.plan):
             mine, reply = replies.check(candidate, check), replies.reply(candidate)
             if reply is None or not (mine.get("status") == PASS or (check == "build" and "variables" in mine)):
                 continue
@@ -236,7 +241,8 @@ class Judge:
             why = f"{report_tables.failure_where(failure) or 'it did not run'}: {failure.get('root_cause') or failure.get('message', '')}"[:300]
             record["notes"].append(
                 f"the reference cell {self.plan.reference.id} failed ({why}): "
-                + ", ".join(f"{check} compared with {ref.id}" for check, ref in fallbacks.items()))
+                + ", ".join(f"{check}: this cell stands in for it" if ref == cell else
+                            f"{check} compared with {ref.id}" for check, ref in fallbacks.items()))
             record["fallback_reference"] = {check: ref.id for check, ref in fallbacks.items()}
 
     def compare_outputs(self, ref_outputs: dict, outputs: dict, record: dict) -> dict:

@@ -86,7 +86,7 @@ def render_matrix(cells: list[dict], anchors: dict) -> str:
             if record is None:
                 tds.append("<td></td>")
                 continue
-            text = esc(record["status"]) + f'<br><small class="marks">{esc(tables.check_marks(record))}</small>'
+            text = esc(record["status"]) + f' <br><small class="marks">{esc(tables.check_marks(record))}</small>'
             message = "; ".join(f"{name}: {f.get('root_cause') or f.get('message', '')}"
                                 for name, f in tables.check_failures(record))
             tds.append(status_td(record["status"], text, anchors.get((case, record["cell"])), message[:300]))

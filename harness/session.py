@@ -20,9 +20,9 @@ import tempfile
 from harness import arrays
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
-from harness.judge import CaseReplies, Judge
+from harness.judge import CaseReplies, Judge, fallback_order
 from harness.pool import Job, Outcome, WorkerPool
-from harness.statuses import PASS
+from harness.statuses import PASS, TIMEOUT
 
 #: Checks that depend on the file, not on jit: they run once per (backend, device).
 ONCE_PER_WORKER = ("save", "export")
@@ -143,13 +143,15 @@ class ParitySession:
         # The reference writes the initial weights every other cell loads. Where it fails
         # before it gets there, the next cell that runs writes them instead (the fallback
         # reference, named in the records), so the cells that work are still compared.
-        rest = list(runnable)
+        rest = [c for c in fallback_order(self.plan) if c in runnable]
         while rest:
             writer = rest.pop(0)
             self.pool.run([job(writer, writes_weights=True)])
             if os.path.exists(weights_path) or replies.check(writer, "outputs").get("status") == PASS:
                 replies.weights_from = writer
                 break
+            if replies.outcomes[writer].status == TIMEOUT:
+                break  # a model that hangs in one cell would hang the others one after another
         self.pool.run([job(cell) for cell in rest])
         self.run_cross_checks(replies, common, case_dir)
 

@@ -65,7 +65,7 @@ def test_markdown_has_the_matrix_compile_failures_and_timings(run):
     md = (run.path / "reports" / "parity.md").read_text()
     assert "| case | jax-cpu-nojit | jax-cpu-jit | torch-cpu-nojit | torch-cpu-jit |" in md
     row = next(line for line in md.splitlines() if line.startswith("| `test_page_cases.py::off_by_half_on_torch`"))
-    assert row.count("❌ mismatch (5.0e-01)") == 2 and row.count("✅ pass") == 2
+    assert row.count("❌ mismatch<br>") == 2 and row.count("O≠ 5.0e-01") == 2 and row.count("✅ pass") == 2
     compile_section = md.split("## Compile failures")[1].split("##")[0]
     assert "float_of_a_traced_value` | jax-cpu-jit | outputs/predict | jax_tracer_leak" in compile_section
     timings = md.split("## Timings")[1].split("##")[0]
@@ -152,7 +152,8 @@ def test_chromium_renders_the_matrix_and_runs_no_user_markup(run, tmp_path):
     assert [c.split()[0] for c in by_case["test_page_cases.py::tanh_twice"]] == ["pass"] * 4
     assert [c.split()[0] for c in by_case["test_page_cases.py::off_by_half_on_torch"]] == [
         "pass", "pass", "mismatch", "mismatch"]
-    assert by_case["test_page_cases.py::float_of_a_traced_value"][1] == "compile_error"
+    assert by_case["test_page_cases.py::float_of_a_traced_value"][1].split()[0] == "compile_error"
+    assert "O✗" in by_case["test_page_cases.py::float_of_a_traced_value"][1]  # its failing check
     assert "img" not in reader.tags and "script" not in reader.tags  # shown as text, never parsed
     assert "<title>keras-parity report</title>" in dom  # no injected script renamed the page
     assert "svg" in reader.tags and "rect" in reader.tags
