@@ -9,6 +9,13 @@
 3. Weights of a 100 MB model moved to a worker: the reference side writes the `.npz`, a
    separate process reads it. Goal: 500 MB/s or more.
 
+4. False alarms of the comparison of laws: a backend's random outputs compared with the same
+   backend's, many times. The outputs are a VAE's as keras-io writes it (8 latent normals,
+   decoded to 512 values): the values of one call are not independent draws. Printed: how
+   often keras-parity's test (each call's statistics over 64 calls per side) flags a backend
+   against itself, at the stated rate and two higher ones, and how often a KS test on the
+   pooled values of one call does. Goal: at or under the stated rate.
+
 Every figure is the median of several runs; ratios are given where machine noise matters.
 """
 
@@ -153,13 +160,56 @@ def print_weights(args) -> None:
           f"(runs: {', '.join(f'{r:.0f}' for r in copied)}); goal >= 500 MB/s")
 
 
-BENCHMARKS = {"overhead": print_overhead, "wall": print_wall, "weights": print_weights}
+LATENT, DECODED = 8, 512
+
+
+def vae_draws(backend: str, calls: int) -> np.ndarray:
+    """`calls` independent calls of a VAE-like sampler under `backend`, drawn by the backend's
+    own RNG (in a process of that backend): each call's 512 outputs, as float32."""
+    script = f"""
+import sys, numpy as np, keras
+seed = keras.random.SeedGenerator(1337)
+z = keras.ops.convert_to_numpy(keras.random.normal(({calls}, {LATENT}), seed=seed))
+w = np.random.default_rng(0).normal(size=({LATENT}, {DECODED})).astype("float32")
+np.save(sys.argv[1], np.tanh(z @ w).astype("float32"))
+"""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "draws.npy")
+        subprocess.run([sys.executable, "-c", script, path], check=True, capture_output=True,
+                       env={**os.environ, "KERAS_BACKEND": backend})
+        return np.load(path)
+
+
+def print_false_alarms(args) -> None:
+    from harness import cells, compare
+
+    trials, k = args.law_trials, compare.LAW_CALLS
+    for backend in cells.installed_backends():
+        draws = vae_draws(backend, trials * 2 * k)
+        stats = np.stack([compare.draw_statistics(call) for call in draws]).reshape(trials, 2, k, -1)
+        flagged = {alpha: sum(compare.compare_draws("out", t[0], t[1], alpha)["status"] != "pass" for t in stats)
+                   for alpha in (compare.LAW_ALPHA, 0.01, 0.05)}
+        pooled = draws.reshape(trials, 2, k, DECODED)[:, :, 0]  # one call per side, its 512 values
+        old = sum(compare.compare_laws("out", t[0], t[1])["status"] != "pass" for t in pooled)
+        upper = 3 / trials if flagged[compare.LAW_ALPHA] == 0 else None
+        print(f"{backend} against itself, {trials} comparisons of {k} VAE calls per side: flagged "
+              f"{flagged[compare.LAW_ALPHA]} at the stated {compare.LAW_ALPHA:g}"
+              + (f" (rate under {upper:.0e}, 95%)" if upper else f" (rate {flagged[compare.LAW_ALPHA] / trials:.1e})")
+              + f", {flagged[0.01] / trials:.2%} at 0.01, {flagged[0.05] / trials:.2%} at 0.05; a KS test "
+              f"on one call's pooled values: {old / trials:.1%} at {compare.LAW_ALPHA:g} (goal: at or under "
+              f"the stated rate)")
+
+
+BENCHMARKS = {"overhead": print_overhead, "wall": print_wall, "weights": print_weights,
+              "false_alarms": print_false_alarms}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the wall-time comparison")
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
+    parser.add_argument("--law-trials", type=int, default=10000,
+                        help="comparisons of a backend with itself in the false-alarm benchmark")
     args = parser.parse_args()
     for name, bench in BENCHMARKS.items():
         if args.only in (None, name):

@@ -28,7 +28,7 @@ SEED_GENERATOR_HINT = (
     "so every call repeats the same draws. Hold a keras.random.SeedGenerator(seed) in "
     "__init__ and pass it as seed=")
 NOT_RUN = {"status": SKIP, "reason": "not run"}
-INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws_advance", "eager_draws_advance")
+INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws", "draws_advance", "eager_draws_advance")
 
 
 @dataclasses.dataclass
@@ -251,24 +251,30 @@ class Judge:
         if not (ref_outputs.get("random") or outputs.get("random")):
             return compare.compare_outputs(names, ref_leaves, leaves, ref_outputs["dtypes"],
                                            outputs["dtypes"], self.case.rtol, self.case.atol)
-        # Random at inference: each backend draws its own numbers; compare the laws of the
-        # draws (both calls pooled), never the values.
-        record["notes"].append("outputs draw random numbers at inference: compared by "
-                               "distribution (two-sample KS test), not by value")
-        pooled = []
-        for out in (ref_outputs, outputs):
-            folder = os.path.dirname(out["file"])
-            second = os.path.join(folder, "outputs_second.npz")
-            first_leaves = load(out["file"])[1]
-            second_leaves = load(second)[1] if os.path.exists(second) else []
-            pooled.append([np.concatenate([first.ravel(), second.ravel()])
-                           for first, second in zip(first_leaves, second_leaves or first_leaves)])
-        per_output = [compare.compare_laws(n, r, g) for n, r, g in zip(names, *pooled)]
+        # Random at inference: each backend draws its own numbers; compare laws, never values.
+        result, how = self.compare_random_outputs(names, ref_outputs, outputs)
+        record["notes"].append(f"outputs draw random numbers at inference: compared by distribution, {how}")
+        return result
+
+    @staticmethod
+    def compare_random_outputs(names: list[str], reference: dict, mine: dict) -> tuple[dict, str]:
+        """Two cells' random outputs by law: over independent calls where both cells draw anew
+        at every call; where one repeats its draws (a fixed int seed), over the values of one
+        call, which assumes they are independent draws. Returns the verdict and how it was made."""
+        if reference.get("draws") and mine.get("draws"):
+            per_output = [compare.compare_draws(n, r, g)
+                          for n, r, g in zip(names, load(reference["draws"])[1], load(mine["draws"])[1])]
+            how = f"over {compare.LAW_CALLS} calls per cell (KS on each call's statistics)"
+        else:
+            per_output = [compare.compare_laws(n, r, g)
+                          for n, r, g in zip(names, load(reference["file"])[1], load(mine["file"])[1])]
+            how = ("over the values of one call, as the draws repeat at every call (a fixed seed): "
+                   "this assumes the values are independent draws")
         bad = [o for o in per_output if o["status"] != PASS]
         result = {"status": MISMATCH if bad else PASS, "compared": "distribution", "outputs": per_output}
         if bad:
             result["message"] = "; ".join(o["message"] for o in bad)
-        return result
+        return result, how
 
     def compare_training(self, ref_train: dict, train: dict) -> dict:
         losses = compare.compare_arrays("loss per step", np.array(ref_train["losses"]),
@@ -322,19 +328,18 @@ class Judge:
         mine, theirs = replies.check(cell, "rng"), replies.check(sibling, "rng")
         if not (mine.get("random") and theirs.get("random")):
             return
-        names, first = load(replies.check(cell, "outputs")["file"])
-        _, eager_first = load(replies.check(sibling, "outputs")["file"])
+        outputs, eager_outputs = replies.check(cell, "outputs"), replies.check(sibling, "outputs")
+        names, first = load(outputs["file"])
+        _, eager_first = load(eager_outputs["file"])
         if all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, eager_first)):
             rng["jit_matches_eager"] = "values"
             return
-        laws = [compare.compare_laws(n, e, f) for n, e, f in zip(names, eager_first, first)]
-        bad = [law for law in laws if law["status"] != PASS]
+        verdict, how = self.compare_random_outputs(names, eager_outputs, outputs)
         rng["jit_matches_eager"] = "distribution"
         record["notes"].append(f"seeded draws differ between jit and eager in {cell.backend} "
-                               f"(its compiler has its own RNG); compared by distribution")
-        if bad:
-            rng.update(status=MISMATCH, message="jit draws follow a different law than eager: "
-                                                + "; ".join(law["message"] for law in bad))
+                               f"(its compiler has its own RNG); compared by distribution, {how}")
+        if verdict["status"] != PASS:
+            rng.update(status=MISMATCH, message="jit draws follow a different law than eager: " + verdict["message"])
 
     # -- save and export across backends -----------------------------------------------
 
@@ -374,7 +379,8 @@ class Judge:
                 save.setdefault("failure", {**result["failure"], "message": f".keras saved under {source}: "
                                                                              f"{result['failure']['message']}"})
                 continue
-            matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"])
+            matrix[source] = self.compare_files(replies.nojit_outputs(loader), result["file"],
+                                                replies.check(loader, "outputs").get("random"))
         save["loaded_from"] = matrix
         bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
         if bad:
@@ -386,9 +392,10 @@ class Judge:
     def judge_export(self, cell: Cell, export: dict, replies: CaseReplies) -> dict:
         export = dict(export)
         expected = replies.nojit_outputs(cell)
+        random = replies.check(cell, "outputs").get("random")
         onnx = dict(export["onnx"])
         if onnx.get("status") == PASS:
-            onnx = {**self.compare_files(expected, onnx.pop("file")), "run_with": "onnxruntime"}
+            onnx = {**self.compare_files(expected, onnx.pop("file"), random), "run_with": "onnxruntime"}
         saved_model = self.judge_saved_model(cell, dict(export["saved_model"]), expected, replies)
         export.update(saved_model=saved_model, onnx=onnx,
                       status=worst([saved_model["status"], onnx["status"]]))
@@ -401,9 +408,16 @@ class Judge:
             export["failure"] = failures[0]
         return export
 
-    def compare_files(self, expected_path: str, got_path: str) -> dict:
+    def compare_files(self, expected_path: str, got_path: str, random: bool = False) -> dict:
+        """A round trip's outputs against the cell's own; for random outputs both files hold
+        the draws of independent calls, compared by law."""
         names, expected = load(expected_path)
         got = load(got_path)[1]
+        if random:
+            laws = [compare.compare_draws(n, e, g) for n, e, g in zip(names, expected, got)]
+            bad = [law["message"] for law in laws if law["status"] != PASS]
+            return {"status": MISMATCH if bad else PASS, "compared": "distribution",
+                    **({"message": "; ".join(bad)} if bad else {})}
         verdict = compare.compare_outputs(names, expected, got, [str(a.dtype) for a in expected],
                                           [str(a.dtype) for a in got], self.case.rtol, self.case.atol)
         return {k: verdict[k] for k in ("status", "max_abs_err", "message") if k in verdict}
@@ -426,7 +440,7 @@ class Judge:
             export.update(status=result["status"], message=f"TFSMLayer reload: {result['failure']['message']}",
                           hint=result["failure"].get("hint"), failure=result["failure"])
             return export
-        export.update(self.compare_files(expected, result["file"]))
+        export.update(self.compare_files(expected, result["file"], replies.check(cell, "outputs").get("random")))
         export["reloaded_with"] = "keras.layers.TFSMLayer in a TensorFlow worker"
         return export
 

@@ -118,7 +118,7 @@ def parse_checks(value: str) -> tuple[str, ...]:
                               f"'all' or a comma-separated subset of {', '.join(ALL_CHECKS)}"))
 
 
-TERMINAL_MESSAGE_CHARS = 400  # a message's start, where its root cause is printed after it
+TERMINAL_MESSAGE_CHARS = 1600  # of a message in pytest's output; past it, a quarter and the cause
 
 
 class CellFailed(Exception):
@@ -175,9 +175,10 @@ def describe_failure(record: dict, repro: str | None = None) -> str:
     for name, failure in report_tables.check_failures(record):
         where = report_tables.failure_where({**failure, "check": failure.get("check") or name})
         what = failure.get("exception") or failure.get("kind")
-        message, cause = failure.get("message", ""), report_tables.cause_to_show(failure)
-        if cause and len(message) > TERMINAL_MESSAGE_CHARS:
-            message = message[:TERMINAL_MESSAGE_CHARS] + " [...]"  # the cause follows in full
+        message = failure.get("message", "")
+        if len(message) > TERMINAL_MESSAGE_CHARS:  # the root cause follows, whole
+            message = message[:TERMINAL_MESSAGE_CHARS // 4] + " [...; whole in parity.json]"
+        cause = report_tables.cause_to_show({**failure, "message": message})
         lines.append(f"  {name}: {record['checks'][name]['status']} ({where}, {failure.get('kind')}): "
                      + (f"{what}: " if what != failure.get("kind") else "") + message)
         if cause:

@@ -253,9 +253,9 @@ def render_properties(properties: list[dict]) -> str:
         return ""
     parts = ['<h2>Properties of the models</h2><p class="muted">Failures every cell that ran the check '
              "shares, the reference included: the model's, not a divergence between backends.</p>"]
-    for p in properties:
-        parts.append(f'<section class="property"><h3><code>{esc(p["case"])}</code>, in {len(p["cells"])} cells '
-                     f'<small class="muted">({esc(", ".join(p["cells"]))})</small></h3>'
+    for i, p in enumerate(properties, 1):
+        parts.append(f'<section id="property-{i}" class="property"><h3><code>{esc(p["case"])}</code>, in '
+                     f'{len(p["cells"])} cells <small class="muted">({esc(", ".join(p["cells"]))})</small></h3>'
                      f"{render_failure(p['check'], p['failure'])}</section>")
     return "".join(parts)
 
@@ -273,12 +273,13 @@ def render_failures(cells: list[dict], failed: list[dict], anchors: dict) -> str
             x = c["xfail"]
             parts.append(f"<p>Declared: {esc(x.get('expected'))} ({esc(x.get('reason'))}); "
                          f"got {esc(x.get('actual'))}.</p>")
-        bad = tables.divergences(c, properties)
-        shared = len(tables.check_failures(c)) - len(bad)
-        for name, failure in bad:
+        for name, failure in tables.divergences(c, properties):
             parts.append(render_failure(name, failure))
+        shared = [(i, p) for i, p in enumerate(properties, 1) if p["case"] == c["case"] and c["cell"] in p["cells"]]
         if shared:
-            parts.append(f'<p class="muted">{shared} more failing check(s): properties of the model, above.</p>')
+            links = ", ".join(f'<a href="#property-{i}">{esc(p["check"])}: {esc(p["failure"].get("kind", ""))}</a>'
+                              for i, p in shared)
+            parts.append(f'<p class="muted">Failing as in every cell of the case (the model\'s): {links}</p>')
         for note in c.get("notes", []):
             parts.append(f'<p class="muted">Note: {esc(note)}</p>')
         if f.get("log_tail"):

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from harness import arrays, classify, compile_cache, memory
+from harness import arrays, classify, compare, compile_cache, memory
 from harness.cells import Cell
 from harness.statuses import ERROR, MISMATCH, PASS, SKIP, worst
 
@@ -132,6 +132,30 @@ def synchronize(backend: str, device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def draws_of(call):
+    """LAW_CALLS calls of a random function, each output leaf as its draw statistics over the
+    calls: a (calls, statistics) array in the outputs' structure, compared by law."""
+    calls = [arrays.flatten(call()) for _ in range(compare.LAW_CALLS)]
+    skeleton, first = calls[0]
+    return arrays.unflatten(skeleton, [np.stack([compare.draw_statistics(leaves[i]) for _, leaves in calls])
+                                       for i in range(len(first))])
+
+
+def results_of(call, random: bool):
+    """What a file's round trip is judged on: the outputs, or for random ones their draws."""
+    return draws_of(lambda: to_numpy_tree(call())) if random else call()
+
+
+def same_results(expected, got, random: bool) -> bool:
+    """Outputs bit for bit; draws by law (every leaf's statistics over the calls)."""
+    if not random:
+        return same_tree(expected, got)
+    _, left = arrays.flatten(expected)
+    _, right = arrays.flatten(got)
+    return len(left) == len(right) and all(compare.compare_draws("output", a, b)["status"] == PASS
+                                           for a, b in zip(left, right))
 
 
 def same_tree(a, b) -> bool:
@@ -485,11 +509,14 @@ class CellRun:
         dtypes = arrays.save_tree(path, outputs)
         result = {"status": PASS, "file": path, "dtypes": dtypes, "random": self.uses_random}
         if self.uses_random:
-            # Draws differ per backend: the pytest process compares laws, not values, and
-            # pools the second call's draws when they are new ones.
+            # Draws differ per backend: the pytest process compares laws, not values, over
+            # calls that draw anew (the elements of one call are not independent draws).
             result["draws_advance"] = not same_tree(outputs, second)
             if result["draws_advance"]:
-                arrays.save_tree(os.path.join(self.out_dir, "outputs_second.npz"), second)
+                made = [outputs, second]  # the first two calls count among the draws
+                result["draws"] = os.path.join(self.out_dir, "draws.npz")
+                arrays.save_tree(result["draws"], self.step("outputs", "draws", lambda: draws_of(
+                    lambda: made.pop(0) if made else to_numpy_tree(predict(inputs)))))
             eager = self.predictor(obj, kind, jit=False) if kind == "function" else (
                 lambda x: to_numpy_tree(obj(x, training=False) if kind == "model" else obj(x)))
             result["eager_draws_advance"] = not same_tree(
@@ -560,21 +587,22 @@ class CellRun:
     # -- save and export ---------------------------------------------------------------
 
     def check_save(self, case, obj, kind: str, inputs) -> None:
-        """`.keras` and `.weights.h5` round trips must reproduce this cell's outputs exactly.
-
-        Both sides run without jit, so the comparison is bit for bit."""
+        """`.keras` and `.weights.h5` round trips must reproduce this cell's outputs exactly
+        (both sides run without jit, so the comparison is bit for bit); random outputs must
+        follow the same law over independent calls."""
         import keras
 
         model = obj if kind == "model" else wrap_layer(obj, inputs)
-        expected = self.predictor(obj, kind, jit=False)(inputs)
+        expected = self.nojit_results(obj, kind)
         keras_path = os.path.join(self.out_dir, "model.keras")
         self.step("save", "save_keras", lambda: model.save(keras_path))
         custom = custom_objects_of(model)
         reloaded = self.step("save", "load_keras", lambda: keras.models.load_model(
             keras_path, custom_objects=custom, compile=False))
         round_trips = {}
-        got = self.step("save", "load_keras", lambda: self.predictor(reloaded, "model", jit=False)(inputs))
-        round_trips["keras"] = same_tree(expected, got)
+        predict_reloaded = self.step("save", "load_keras", lambda: self.predictor(reloaded, "model", jit=False))
+        got = self.step("save", "load_keras", lambda: results_of(lambda: predict_reloaded(inputs), self.uses_random))
+        round_trips["keras"] = same_results(expected, got, self.uses_random)
 
         weights_path = os.path.join(self.out_dir, "model.weights.h5")
         self.step("save", "save_weights", lambda: model.save_weights(weights_path))
@@ -584,21 +612,35 @@ class CellRun:
             self.build(fresh, kind, inputs)
             fresh_model = fresh if kind == "model" else wrap_layer(fresh, inputs)
             fresh_model.load_weights(weights_path)
-            return self.predictor(fresh, kind, jit=False)(inputs)
+            predict = self.predictor(fresh, kind, jit=False)
+            return results_of(lambda: predict(inputs), self.uses_random)
 
-        round_trips["weights_h5"] = same_tree(expected, self.step("save", "load_weights", reload_weights))
-        arrays.save_tree(os.path.join(self.out_dir, "outputs_nojit.npz"), expected)
+        round_trips["weights_h5"] = same_results(expected, self.step("save", "load_weights", reload_weights),
+                                                 self.uses_random)
         bad = [name for name, ok in round_trips.items() if not ok]
+        changed = "the law of the outputs' draws" if self.uses_random else "the outputs"
         self.checks["save"] = {
             "status": MISMATCH if bad else PASS, "round_trips": round_trips, "file": keras_path,
-            **({"message": f"{', '.join(bad)} round trip changed the outputs"} if bad else {}),
+            **({"message": f"{', '.join(bad)} round trip changed {changed}"} if bad else {}),
         }
+
+    def nojit_results(self, obj, kind: str):
+        """This cell's outputs without jit (or for random outputs, their draws), written once to
+        `outputs_nojit.npz`: what the file round trips of this cell and the others are judged on."""
+        path = os.path.join(self.out_dir, "outputs_nojit.npz")
+        if os.path.exists(path):
+            return arrays.load_tree(path)
+        predict = self.predictor(obj, kind, jit=False)
+        results = results_of(lambda: predict(self.inputs), self.uses_random)
+        arrays.save_tree(path, results)
+        return results
 
     def check_export(self, obj, kind: str) -> None:
         """A TF SavedModel (reloaded later by a TensorFlow worker through TFSMLayer) and, where
         onnxruntime is installed, an ONNX file run here through onnxruntime."""
         import keras
 
+        self.nojit_results(obj, kind)  # what the reloaded exports are judged against
         model = obj if kind == "model" else wrap_layer(obj, self.inputs)
         if kind == "layer":
             model(self.inputs)  # the ONNX exporter refuses a model that was never called
@@ -651,7 +693,7 @@ class CellRun:
             return session.run(None, feed)
 
         out = os.path.join(self.out_dir, "onnx_outputs.npz")
-        arrays.save_tree(out, self.step("export", "onnxruntime", run))
+        arrays.save_tree(out, self.step("export", "onnxruntime", lambda: results_of(run, self.uses_random)))
         return {"status": PASS, "file": out}
 
     # -- rng ---------------------------------------------------------------------------
@@ -721,7 +763,7 @@ def load_saved_models(request: dict) -> dict:
             model = keras.models.load_model(path, custom_objects=custom, compile=False)
             model.compile(jit_compile=False)
             out = os.path.join(request["out_dir"], f"loaded_from_{source}.npz")
-            arrays.save_tree(out, model.predict_on_batch(inputs))
+            arrays.save_tree(out, results_of(lambda: model.predict_on_batch(inputs), request["random"]))
             results[source] = {"status": PASS, "file": out}
         except Exception as exc:  # noqa: BLE001
             _, failure = classify.describe(exc, check="save", phase="load_other_backend", jit=False)
@@ -741,7 +783,8 @@ def reload_exports(request: dict) -> dict:
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
             out = os.path.join(request["out_dir"], f"export_{source}.npz")
-            arrays.save_tree(out, to_numpy_tree(layer(as_structure(inputs, request["structures"][source]))))
+            structured = as_structure(inputs, request["structures"][source])
+            arrays.save_tree(out, results_of(lambda: to_numpy_tree(layer(structured)), request["random"][source]))
             results[source] = {"status": PASS, "file": out}
         except Exception as exc:  # noqa: BLE001
             _, failure = classify.describe(exc, check="export", phase="reload_tfsmlayer", jit=False)

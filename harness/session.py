@@ -170,7 +170,9 @@ class ParitySession:
                 continue
             out_dir = os.path.join(case_dir, f"{loader.id}-loads")
             os.makedirs(out_dir)
-            jobs.append(Job(key, {**common, "type": "load_saved", "files": others, "out_dir": out_dir},
+            random = bool(replies.check(loader, "outputs").get("random"))
+            jobs.append(Job(key, {**common, "type": "load_saved", "files": others, "out_dir": out_dir,
+                                  "random": random},
                             self.timeout, lambda o, loader=loader: replies.loaded.__setitem__(loader, o)))
         if exported:
             if "tensorflow" in installed_backends() and EXPORT_RELOADER not in self.pool.unavailable:
@@ -178,8 +180,10 @@ class ParitySession:
                 os.makedirs(out_dir)
                 files = {cell.id: sm["file"] for cell, sm in exported.items()}
                 structures = {cell.id: sm["input_structure"] for cell, sm in exported.items()}
+                random = {cell.id: bool(replies.check(cell, "outputs").get("random")) for cell in exported}
                 jobs.append(Job(EXPORT_RELOADER, {**common, "type": "reload_exports", "files": files,
-                                                  "structures": structures, "out_dir": out_dir}, self.timeout,
+                                                  "structures": structures, "random": random,
+                                                  "out_dir": out_dir}, self.timeout,
                                 lambda o: setattr(replies, "reloaded", o)))
             else:
                 replies.reloaded = Outcome(status="skip", message="reloading a SavedModel needs a "
