@@ -688,8 +688,11 @@ class CellRun:
 
         def run():
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            _, leaves = arrays.flatten(self.inputs)
-            feed = {spec.name: leaf for spec, leaf in zip(session.get_inputs(), leaves)}
+            names = [spec.name for spec in session.get_inputs()]
+            if isinstance(self.inputs, dict):  # named as the model's inputs are, in its order
+                feed = {name: self.inputs[name] for name in names if name in self.inputs}
+            else:
+                feed = dict(zip(names, arrays.flatten(self.inputs)[1]))
             return session.run(None, feed)
 
         out = os.path.join(self.out_dir, "onnx_outputs.npz")
