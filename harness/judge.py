@@ -150,7 +150,21 @@ class Judge:
             if record["failure"] is not None:
                 record["failure"]["log_tail"] = outcome.log_tail
         record["status"] = worst(c["status"] for c in record["checks"].values())
-        return self.apply_xfail(cell, record)
+        return self.not_a_pass_without_its_comparisons(self.apply_xfail(cell, record))
+
+    @staticmethod
+    def not_a_pass_without_its_comparisons(record: dict) -> dict:
+        """A cell whose checks passed, but some comparison it asked for did not happen (nothing
+        to compare with, random training), is `skip` with the reasons, not `pass`: a pass says
+        something was compared. A declared failure that did not happen stays flagged."""
+        declared = record.get("xfail")
+        if record["status"] != PASS or (declared and not declared["met"]):
+            return record
+        missing = [f"{name}: {check['reason']}" for name, check in record["checks"].items() if check.get("not_compared")]
+        if missing:
+            record.update(status=SKIP, skip_reason="checks passed, but not every comparison happened: "
+                                                   + "; ".join(missing))
+        return record
 
     @staticmethod
     def worst_failure(checks: dict[str, dict]) -> dict | None:
@@ -186,8 +200,8 @@ class Judge:
         checks = record["checks"]
         mine = replies.reply(cell)
         comparable = mine.get("weights_loaded") is not False
-        not_loaded = {"status": SKIP, "reason": "the reference weights could not be loaded "
-                                                "(variable paths differ: see the build check)"}
+        not_loaded = {"status": SKIP, "not_compared": True, "reason": "the reference weights could not be "
+                                                                     "loaded (variable paths differ: see the build check)"}
 
         fallbacks: dict[str, Cell] = {}
 
@@ -198,7 +212,7 @@ class Judge:
             if reference is not None and reference != self.plan.reference:
                 fallbacks[check] = reference
             if reference is None:
-                checks[check] = {"status": SKIP, "reason": f"no cell got through {check} with the "
+                checks[check] = {"status": SKIP, "not_compared": True, "reason": f"no cell got through {check} with the "
                                                            f"same initial weights: nothing to compare with"}
             elif reference != cell:
                 checks[check]["compared_with"] = reference.id
@@ -228,7 +242,7 @@ class Judge:
             elif (reference := against("train")) is not None:
                 ref_train = replies.check(reference, "train")
                 if ref_train.get("random") or train.get("random"):
-                    checks["train"] = {**checks["train"], "status": SKIP, "reason": (
+                    checks["train"] = {**checks["train"], "status": SKIP, "not_compared": True, "reason": (
                         "training draws random numbers (dropout, noise), which differ per backend: "
                         "losses and weights are not compared across backends")}
                 else:
