@@ -20,7 +20,8 @@ import tempfile
 from harness import arrays
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
-from harness.judge import CaseReplies, Judge, fallback_order
+from harness.judge import Judge
+from harness.replies import CaseReplies, fallback_order
 from harness.pool import Job, Outcome, WorkerPool
 from harness.statuses import PASS, TIMEOUT
 

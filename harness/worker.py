@@ -93,7 +93,9 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
-    from harness.runner import CellRun, load_saved_models, reload_exports
+    from harness.checks.export import reload_exports
+    from harness.checks.save import load_saved_models
+    from harness.runner import CellRun
 
     while True:
         try:
