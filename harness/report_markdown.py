@@ -132,11 +132,14 @@ def render_save_matrix(cells: list[dict]) -> list[str]:
 
 
 def render_failure(name: str, f: dict) -> list[str]:
-    """One failing check: where, what, the message's start, the root cause whole, the hint."""
+    """One failing check: where, what, the message (whole where it is the root cause, else its
+    start and then the root cause whole), the hint."""
     where = tables.failure_where({**f, "check": f.get("check") or name})
-    lines = [f"  - **{escape(name)}** ({escape(where)}, {escape(f.get('kind', ''))}): "
-             f"{escape(f.get('message', ''))[:MESSAGE_CHARS]}"]
-    cause = tables.cause_to_show({**f, "message": f.get("message", "")[:MESSAGE_CHARS]})
+    message, cause = f.get("message", ""), f.get("root_cause")
+    is_the_cause = bool(cause) and cause.split(": ", 1)[-1] == message
+    shown = message if is_the_cause else message[:MESSAGE_CHARS]
+    lines = [f"  - **{escape(name)}** ({escape(where)}, {escape(f.get('kind', ''))}): {escape(shown)}"]
+    cause = None if is_the_cause else tables.cause_to_show({**f, "message": shown})
     if cause:
         lines.append(f"    - cause: {escape(cause)}")
     if f.get("hint"):
