@@ -168,11 +168,13 @@ class Judge:
                 "reason": "the reference weights could not be loaded (variable paths differ: see the build check)"}
 
     def note_fallbacks(self, cell: Cell, record: dict, replies: CaseReplies) -> None:
-        """Where the reference cell failed a check, why, and who stood in for it."""
+        """Where the reference cell failed a check, why, and who stood in for it (read from
+        copies: the reference's reply is read again for its own record)."""
         fallbacks = record.get("fallback_reference")
         if not fallbacks:
             return
-        failure = self.worst_failure(dict(replies.reply(self.plan.reference) or {}).get("checks", {})) or {}
+        reference_checks = (replies.reply(self.plan.reference) or {}).get("checks", {})
+        failure = self.worst_failure({name: dict(check) for name, check in reference_checks.items()}) or {}
         why = (f"{report_tables.failure_where(failure) or 'it did not run'}: "
                f"{failure.get('root_cause') or failure.get('message', '')}")[:300]
         record["notes"].append(

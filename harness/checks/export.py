@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
-from harness import arrays, classify
+from harness import arrays
 from harness.calls import results_of, to_numpy_tree, wrap_layer
 from harness.replies import NOT_RUN, compare_files, ran_elsewhere
-from harness.statuses import ERROR, PASS, SKIP, worst
-from harness.steps import route
+from harness.statuses import PASS, SKIP, worst
+from harness.steps import each_file, route
 
 
 def run(ctx, obj, kind: str) -> None:
@@ -95,20 +94,16 @@ def reload_exports(request: dict) -> dict:
     """Reload SavedModels exported under any backend with TFSMLayer (TensorFlow workers only)."""
     import keras
 
-    results = {}
     inputs = arrays.load_tree(request["inputs"])
-    for source, path in request["files"].items():
-        t0 = time.perf_counter()
-        try:
-            layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
-            out = os.path.join(request["out_dir"], f"export_{source}.npz")
-            structured = as_structure(inputs, request["structures"][source])
-            arrays.save_tree(out, results_of(lambda: to_numpy_tree(layer(structured)), request["random"][source]))
-            results[source] = {"status": PASS, "file": out}
-        except Exception as exc:  # noqa: BLE001
-            _, failure = classify.describe(exc, check="export", phase="reload_tfsmlayer", jit=False)
-            results[source] = {"status": ERROR, "failure": failure.to_json()}
-        results[source]["seconds"] = time.perf_counter() - t0
+
+    def reload(source, path):
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+        out = os.path.join(request["out_dir"], f"export_{source}.npz")
+        structured = as_structure(inputs, request["structures"][source])
+        arrays.save_tree(out, results_of(lambda: to_numpy_tree(layer(structured)), request["random"][source]))
+        return out
+
+    results = each_file(request["files"], "export", "reload_tfsmlayer", reload)
     return {"type": "reloaded", "results": results}
 
 

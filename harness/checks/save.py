@@ -5,12 +5,12 @@ and reproduces its own outputs (the saved-under x loaded-under matrix)."""
 from __future__ import annotations
 
 import os
-import time
 
-from harness import arrays, classify
+from harness import arrays
 from harness.calls import custom_objects_of, load_case, results_of, same_results, wrap_layer
 from harness.replies import NOT_RUN, compare_files, ran_elsewhere
-from harness.statuses import ERROR, MISMATCH, PASS, worst
+from harness.statuses import MISMATCH, PASS, worst
+from harness.steps import each_file
 
 
 def run(ctx, case, obj, kind: str, inputs) -> None:
@@ -56,7 +56,6 @@ def load_saved_models(request: dict) -> dict:
     """Load `.keras` files saved under other backends and predict on the case's inputs."""
     import keras
 
-    results = {}
     inputs = arrays.load_tree(request["inputs"])
     custom = {}
     try:
@@ -66,18 +65,15 @@ def load_saved_models(request: dict) -> dict:
         custom = custom_objects_of(obj)
     except Exception:  # noqa: BLE001 - loading may still work without custom objects
         pass
-    for source, path in request["files"].items():
-        t0 = time.perf_counter()
-        try:
-            model = keras.models.load_model(path, custom_objects=custom, compile=False)
-            model.compile(jit_compile=False)
-            out = os.path.join(request["out_dir"], f"loaded_from_{source}.npz")
-            arrays.save_tree(out, results_of(lambda: model.predict_on_batch(inputs), request["random"]))
-            results[source] = {"status": PASS, "file": out}
-        except Exception as exc:  # noqa: BLE001
-            _, failure = classify.describe(exc, check="save", phase="load_other_backend", jit=False)
-            results[source] = {"status": ERROR, "failure": failure.to_json()}
-        results[source]["seconds"] = time.perf_counter() - t0
+
+    def load(source, path):
+        model = keras.models.load_model(path, custom_objects=custom, compile=False)
+        model.compile(jit_compile=False)
+        out = os.path.join(request["out_dir"], f"loaded_from_{source}.npz")
+        arrays.save_tree(out, results_of(lambda: model.predict_on_batch(inputs), request["random"]))
+        return out
+
+    results = each_file(request["files"], "save", "load_other_backend", load)
     return {"type": "loaded", "results": results}
 
 
