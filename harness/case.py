@@ -56,6 +56,17 @@ class spec:  # noqa: N801 - lower case: it reads as a function in a case declara
         return rng.normal(size=self.shape).astype(dtype)
 
 
+class NoTargets:
+    """`targets=harness.no_targets`: the model trains as `fit(x)` (a VAE, a custom `train_step`
+    or `compute_loss` that needs no targets)."""
+
+    def __repr__(self) -> str:
+        return "harness.no_targets"
+
+
+no_targets = NoTargets()
+
+
 @dataclasses.dataclass(frozen=True)
 class machine_dependent:  # noqa: N801 - lower case: it reads as a function in a declaration
     """An `xfail` value for cells whose outcome depends on the machine: the CPU's instruction
@@ -110,7 +121,11 @@ class Case:
     factory: Callable[[], Any]
     inputs: Any
     targets: Any = None
-    loss: Any = "mse"
+    loss: Any = None  # None: what the factory compiled the model with, else "mse"
+    optimizer: Any = None  # None: what the factory compiled the model with, else SGD(0.01)
+    metrics: Any = None
+    sample_weight: Any = None
+    class_weight: dict | None = None
     checks: tuple[str, ...] | None = None
     rtol: float | None = None
     atol: float | None = None
@@ -133,7 +148,8 @@ class Case:
             return factory(**kwargs)
 
         return dataclasses.replace(self, factory=bound, inputs=_bind_data(self.inputs, kwargs),
-                                   targets=_bind_data(self.targets, kwargs), param=param)
+                                   targets=_bind_data(self.targets, kwargs),
+                                   sample_weight=_bind_data(self.sample_weight, kwargs), param=param)
 
     def skip_reason(self, cell_id: str) -> str | None:
         for pattern, reason in self.skip:
@@ -168,9 +184,14 @@ class Case:
         return materialize(self.inputs, np.random.default_rng(seed), "inputs")
 
     def make_targets(self, seed: int) -> Any:
-        if self.targets is None:
+        if self.targets is None or self.targets is no_targets:
             return None
         return materialize(self.targets, np.random.default_rng(seed + 1), "targets")
+
+    def make_sample_weight(self, seed: int) -> Any:
+        if self.sample_weight is None:
+            return None
+        return materialize(self.sample_weight, np.random.default_rng(seed + 2), "sample_weight")
 
     def xfail_rule(self, cell_id: str) -> XfailRule | None:
         for rule in self.xfail:
@@ -181,7 +202,7 @@ class Case:
 
 def _bind_data(value: Any, kwargs: dict) -> Any:
     """An `inputs`/`targets` callable that names some of the params gets them; others do not."""
-    if not callable(value) or isinstance(value, spec):
+    if not callable(value) or isinstance(value, (spec, NoTargets)):
         return value
     accepted = inspect.signature(value).parameters
     wanted = {k: v for k, v in kwargs.items() if k in accepted}
@@ -313,6 +334,16 @@ def _parse_cell_checks(cell_checks: dict | None, factory_name: str) -> tuple[tup
     return tuple(parsed)
 
 
+def _parse_class_weight(class_weight: dict | None, factory_name: str) -> dict | None:
+    if class_weight is None:
+        return None
+    if not (isinstance(class_weight, dict) and class_weight and all(
+            isinstance(k, (int, np.integer)) and isinstance(v, (int, float)) for k, v in class_weight.items())):
+        raise CaseDefinitionError(f"case {factory_name!r}: class_weight must be a dict from a class index "
+                                  f"to its weight, e.g. {{0: 1.0, 1: 5.0}}; got {class_weight!r}")
+    return {int(k): float(v) for k, v in class_weight.items()}
+
+
 def _parse_skip(skip: dict | None, factory_name: str) -> tuple[tuple[str, str], ...]:
     if not skip:
         return ()
@@ -329,7 +360,11 @@ def parity_case(
     *,
     inputs: Any,
     targets: Any = None,
-    loss: Any = "mse",
+    loss: Any = None,
+    optimizer: Any = None,
+    metrics: Any = None,
+    sample_weight: Any = None,
+    class_weight: dict | None = None,
     checks: list[str] | tuple[str, ...] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -355,6 +390,14 @@ def parity_case(
     makes one case per entry of a dict from an id to the factory's keyword arguments (a model
     zoo: `params={"small": {"width": 8}, "wide": {"width": 64}}` gives the cases `zoo[small]`
     and `zoo[wide]`); an `inputs` or `targets` callable that names a parameter gets it too.
+
+    Training (the `train` check): `optimizer` (a name, an optimizer object, or a zero-argument
+    callable returning one: `lambda: keras.optimizers.Adam(1e-3, clipnorm=1.0)`), `loss` (a
+    name, a loss object or function, a dict per output, or a zero-argument callable returning
+    those) and `metrics` (what `compile` takes, or a callable returning it) override what the
+    factory compiled its model with; without either, the model trains with SGD(0.01) and "mse".
+    `targets=harness.no_targets` trains as `fit(x)`; `sample_weight` (the forms of `inputs`)
+    and `class_weight` (a dict from class index to weight) are passed to `fit`.
     """
 
     def decorate(factory: Callable[..., Any]) -> Case:
@@ -381,6 +424,10 @@ def parity_case(
             inputs=inputs,
             targets=targets,
             loss=loss,
+            optimizer=optimizer,
+            metrics=metrics,
+            sample_weight=sample_weight,
+            class_weight=_parse_class_weight(class_weight, name),
             checks=tuple(checks) if checks is not None else None,
             rtol=rtol,
             atol=atol,

@@ -49,6 +49,7 @@ class CellRun:
         self.notes: list[str] = []
         self.weights_loaded: bool | None = None  # None: this cell is the reference
         self.forward = None  # the built object's forward call, for naming XLA's rejected ops
+        self.factory_compile = None  # what the factory compiled its model with (`train` uses it)
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -172,6 +173,9 @@ class CellRun:
 
         t0 = time.perf_counter()
         obj = self.step("build", "factory", lambda: self.make(case))
+        from harness import training  # imports keras: workers only
+
+        self.factory_compile = training.compile_config_of(obj)  # before inference recompiles it
         kind = self.kind_of(obj)
         if kind is None:
             raise StepFailed(ERROR, classify.Failure(

@@ -101,13 +101,17 @@ class ParitySession:
 
         seed = case.seed(case_ref.id)
         inputs_path = os.path.join(case_dir, "inputs.npz")
-        targets_path = None
+        targets_path = sample_weight_path = None
         try:
             arrays.save_tree(inputs_path, case.make_inputs(seed))
             targets = case.make_targets(seed)
             if targets is not None:
                 targets_path = os.path.join(case_dir, "targets.npz")
                 arrays.save_tree(targets_path, targets)
+            sample_weight = case.make_sample_weight(seed)
+            if sample_weight is not None:
+                sample_weight_path = os.path.join(case_dir, "sample_weight.npz")
+                arrays.save_tree(sample_weight_path, sample_weight)
         except Exception as exc:  # noqa: BLE001 - the user's inputs callable is user code
             for cell in runnable:
                 self.records[(case_ref.id, cell.id)] = judge.input_error_record(cell, exc)
@@ -127,6 +131,7 @@ class ParitySession:
                 "checks": [c for c in wanted if case.runs_in(c, cell.id)
                            and (c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell)],
                 "targets": targets_path,
+                "sample_weight": sample_weight_path,
                 "out_dir": out_dir,
                 "save_weights_to": weights_path if writes_weights else None,
                 # Without any cell's weights (every candidate failed first), a cell keeps its

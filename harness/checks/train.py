@@ -1,20 +1,41 @@
-"""`train`: a few SGD steps on the same data from the same weights; the loss after each step
-and every updated weight must match the reference cell's."""
+"""`train`: a few steps of `fit` on the same data from the same weights, with the model's own
+training configuration. Each step's loss, metrics, gradients, optimizer variables and weights
+must match the reference cell's; a divergence names its first step and variable.
+
+Randomness: Keras' random layers run as at inference during the compared steps (the record
+lists them), so dropout does not switch the comparison off. Then, where the model draws while
+training, PROBE_STEPS more steps, each from the same starting weights with the draws live,
+give the law of the loss under the draws: compared by law across backends and between a jit
+cell and its nojit sibling, and a compiled step that repeats its draws (a Python int seed) is
+caught against an eager run. Draws the user's own code makes cannot be made inert: such a
+model is compared by that law only, and the record says so.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 
 import numpy as np
 
 from harness import arrays, compare
-from harness.calls import backend_tensors, recording_random_use, synchronize, wrap_layer
+from harness.calls import recording_random_use, wrap_layer
+from harness.cells import Cell
 from harness.checks import timing
-from harness.statuses import PASS, SKIP, worst
+from harness.checks.rng import SEED_GENERATOR_HINT
+from harness.statuses import MISMATCH, PASS, worst
+from harness.steps import StepFailed
 
 TRAIN_STEPS = 4
-LEARNING_RATE = 0.01
+PROBE_STEPS = 32  # compare.MIN_LAW_SAMPLES: the fewest a comparison of laws takes
+EAGER_PROBE_STEPS = 4
+QUANTITIES = ("loss", "metric", "gradient", "optimizer", "weight")  # a step's causal order
+
+DATA_HINT = ("{received}, from {call}. The model's train_step unpacks it differently: declare "
+             "targets=harness.no_targets where it trains as fit(x), or give targets=, or unpack "
+             "with keras.utils.unpack_x_y_sample_weight(data)")
+DATA_ERRORS = ("values to unpack", "expects", "received", "input tensors", "not subscriptable",
+               "index out of range", "unexpected keyword")
 
 
 def targets_for(ctx, outputs):
@@ -29,39 +50,109 @@ def targets_for(ctx, outputs):
         outputs)
 
 
+def trains_without_targets(case, model, factory_config) -> bool:
+    """`fit(x)`: declared, or a model with its own train_step compiled without a loss."""
+    from harness import training
+    from harness.case import no_targets
+
+    if case.targets is no_targets:
+        return True
+    return (case.targets is None and training.has_own_training(model)
+            and factory_config is not None and factory_config.get("loss") is None)
+
+
 def run(ctx, obj, kind: str, inputs, outputs) -> None:
-    import keras
+    from harness import training
 
     model = obj if kind == "model" else wrap_layer(obj, inputs)
-    inputs, targets = ctx.step("train", "inputs", lambda: (
-        backend_tensors(inputs), backend_tensors(targets_for(ctx, outputs))))
+    factory_config = ctx.factory_compile
+    config = ctx.step("train", "configuration", lambda: training.configuration(ctx.case, factory_config, model))
+    data = ctx.step("train", "inputs", lambda: training.TrainingData(
+        x=inputs, y=None if trains_without_targets(ctx.case, model, factory_config) else targets_for(ctx, outputs),
+        sample_weight=arrays.load_tree(ctx.request["sample_weight"]) if ctx.request.get("sample_weight") else None,
+        class_weight=ctx.case.class_weight))
+    with_gradients = training.uses_keras_train_step(model)
+    initial = training.weights_of(model)
+    inert = training.random_layers(model)
 
-    def compile_model():
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
-                      loss=ctx.case.loss, jit_compile=ctx.cell.jit)
+    def compile_model(**overrides):
+        model.compile(**config.compile_kwargs, **{"jit_compile": ctx.cell.jit, **overrides})
+
+    wrong_data = []  # the model's train_step failed on the data fit gave it
+
+    def fit(recorder, steps):
+        try:
+            model.fit(**data.fit_kwargs(), epochs=steps, callbacks=[recorder])
+        except Exception as exc:
+            if training.has_own_training(model) and any(s in str(exc) for s in DATA_ERRORS):
+                wrong_data.append(exc)
+            raise
 
     def eager_step():
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
-                      loss=ctx.case.loss, jit_compile=False)
-        model.train_on_batch(inputs, targets)
+        compile_model(jit_compile=False)
+        fit(training.StepRecorder(ctx.backend, ctx.device, data, with_gradients=False), 1)
 
-    ctx.step("train", "compile", compile_model)
-    losses, times = [], []
-    with recording_random_use() as random_use:  # dropout draws only while training
-        for i in range(TRAIN_STEPS):
-            t0 = time.perf_counter()
-            loss = ctx.step("train", "train_step", lambda: model.train_on_batch(inputs, targets),
-                            jit_retry=eager_step if i == 0 else None)
-            synchronize(ctx.backend, ctx.device)
-            times.append(time.perf_counter() - t0)
-            losses.append(float(np.asarray(loss).reshape(-1)[0]))
-    timing.record_train(ctx, times)
-    path = os.path.join(ctx.out_dir, "trained_weights.npz")
-    arrays.save_weights(path, {v.path: np.asarray(keras.ops.convert_to_numpy(v.value))
-                               for v in model.weights})
-    ctx.checks["train"] = {"status": PASS, "losses": losses, "file": path, "steps": TRAIN_STEPS,
-                           "random": random_use["any"]}
+    recorder = training.StepRecorder(ctx.backend, ctx.device, data, with_gradients=with_gradients)
+    with training.run_as_at_inference(inert), recording_random_use() as random_use:
+        ctx.step("train", "compile", compile_model)
+        try:
+            ctx.step("train", "train_step", lambda: fit(recorder, TRAIN_STEPS), jit_retry=eager_step)
+        except StepFailed as failed:
+            if not wrong_data:
+                raise
+            hint = DATA_HINT.format(received=data.received(), call=data.call())
+            raise StepFailed(failed.status, dataclasses.replace(failed.failure, kind="train_step_data",
+                                                                hint=hint)) from None
+    timing.record_train(ctx, recorder.times)
+    path = os.path.join(ctx.out_dir, "train_steps.npz")
+    arrays.save_weights(path, recorder.steps)
+    result = {
+        "status": PASS, "steps": TRAIN_STEPS, "losses": recorder.losses, "file": path,
+        "configuration": config.describe(model), "data": data.call(),
+        "gradients": "by the backend's autodiff" if with_gradients else (
+            "not recorded: the model's own train_step computes them"),
+        "randomness": {"made_inert": [f"{layer.name} ({type(layer).__name__})" for layer in inert],
+                       "own_draws": random_use["any"]},
+    }
+    if inert or random_use["any"]:
+        probe(ctx, model, data, initial, compile_model, result)
+    ctx.checks["train"] = result
 
+
+def probe(ctx, model, data, initial: dict, compile_model, result: dict) -> None:
+    """The law of the loss under the training draws: PROBE_STEPS steps from the same weights,
+    the random layers live; where every step repeats one loss, an eager run says whether the
+    draws should have changed."""
+    from harness import training
+
+    model.train_function = None  # traced again, with the random layers live
+    recorder = training.StepRecorder(ctx.backend, ctx.device, data, with_gradients=False,
+                                     record_state=False, frozen=initial)
+    ctx.step("train", "draws", lambda: model.fit(**data.fit_kwargs(), epochs=PROBE_STEPS, callbacks=[recorder]))
+    losses = np.array(recorder.losses)
+    draws_path = os.path.join(ctx.out_dir, "train_draws.npz")
+    arrays.save_weights(draws_path, {"loss": losses})
+    randomness = result["randomness"]
+    randomness.update(draws=draws_path, probe_steps=PROBE_STEPS, draws_advance=bool(np.ptp(losses) > 0))
+    if randomness["draws_advance"]:
+        return
+    compiled = ctx.cell.jit or ctx.backend == "tensorflow"  # TensorFlow traces even without jit
+    if compiled:
+        compile_model(jit_compile=False, run_eagerly=True)
+        eager = training.StepRecorder(ctx.backend, ctx.device, data, with_gradients=False,
+                                      record_state=False, frozen=initial)
+        ctx.step("train", "eager", lambda: model.fit(**data.fit_kwargs(), epochs=EAGER_PROBE_STEPS, callbacks=[eager]))
+        randomness["eager_draws_advance"] = bool(np.ptp(eager.losses) > 0)
+    if randomness.get("eager_draws_advance"):
+        message = (f"the model draws random numbers while training, and eager steps draw anew each step, "
+                   f"but this cell's compiled train step repeated the same draws in all {PROBE_STEPS} "
+                   f"steps (loss {losses[0]:.7g} each time)")
+        result.update(status=MISMATCH, message=message, failure={
+            "check": "train", "phase": "train_step", "kind": "python_int_seed", "exception": None,
+            "message": message, "root_cause": None, "hint": SEED_GENERATOR_HINT})
+
+
+# -- the judge -----------------------------------------------------------------------------
 
 def judge(case_judge, cell, record: dict, replies) -> None:
     checks = record["checks"]
@@ -72,25 +163,131 @@ def judge(case_judge, cell, record: dict, replies) -> None:
         checks["train"] = not_loaded
     elif (reference := case_judge.against("train", cell, record, replies)) is not None:
         ref_train = replies.check(reference, "train")
-        if ref_train.get("random") or train.get("random"):
-            checks["train"] = {**checks["train"], "status": SKIP, "not_compared": True, "reason": (
-                "training draws random numbers (dropout, noise), which differ per backend: "
-                "losses and weights are not compared across backends")}
-        else:
-            checks["train"] = {**compare_training(case_judge, ref_train, train), "compared_with": reference.id}
+        checks["train"] = {**checks["train"], **compare_training(case_judge, cell, reference, ref_train, train, replies),
+                           "compared_with": reference.id}
+    compare_draws_with_sibling(cell, checks["train"], replies)
 
 
-def compare_training(case_judge, ref_train: dict, train: dict) -> dict:
-    losses = compare.compare_arrays("loss per step", np.array(ref_train["losses"]),
-                                    np.array(train["losses"]), "float32", case_judge.case.rtol, case_judge.case.atol)
-    weights = compare.compare_weight_sets(arrays.load_weights(ref_train["file"]),
-                                          arrays.load_weights(train["file"]), case_judge.case.rtol, case_judge.case.atol)
-    result = {"status": worst([losses["status"], weights["status"]]), "steps": train["steps"],
-              "losses": train["losses"], "reference_losses": ref_train["losses"],
-              "loss_max_abs_err": losses.get("max_abs_err"),
+def compare_training(case_judge, cell: Cell, reference: Cell, ref_train: dict, train: dict, replies) -> dict:
+    ref_random, random = ref_train.get("randomness", {}), train.get("randomness", {})
+    verdicts = []
+    result = {}
+    if ref_random.get("own_draws") or random.get("own_draws"):
+        result["compared"] = "the law of the loss under the training draws"
+        result["note"] = ("the model's own code draws random numbers while training (not a Keras layer that "
+                          "can run as at inference): steps are not compared value by value, the loss over "
+                          f"{PROBE_STEPS} steps from the initial weights is compared by law")
+    else:
+        result.update(compare_steps(case_judge, cell, reference, ref_train, train, replies))
+        verdicts.append(result["status"])
+    if ref_random.get("draws") and random.get("draws"):
+        law = compare_losses_by_law(ref_random["draws"], random["draws"], "the reference cell")
+        result["draws_law"] = law
+        verdicts.append(law["status"])
+        if law["status"] != PASS:
+            result["message"] = "; ".join(m for m in (result.get("message"), law["message"]) if m)
+    if not verdicts:
+        return {**result, "status": PASS, "not_compared": True,
+                "reason": "training draws random numbers in the model's own code, and no draws to compare by law"}
+    return {**result, "status": worst(verdicts)}
+
+
+def compare_losses_by_law(ref_path: str, path: str, whose: str) -> dict:
+    ref, mine = arrays.load_weights(ref_path)["loss"], arrays.load_weights(path)["loss"]
+    law = compare.compare_laws(f"loss under the training draws (over {len(mine)} steps from the initial "
+                               f"weights, against {whose})", ref, mine)
+    return {k: law[k] for k in ("status", "message", "ks_pvalue", "mean", "std", "reference_mean",
+                                "reference_std") if k in law}
+
+
+def compare_draws_with_sibling(cell: Cell, train: dict, replies) -> None:
+    """A jit cell's training draws against its nojit sibling's, by law: a compiler that
+    changes the draws' law (or freezes them) is caught within the backend."""
+    if not cell.jit or train.get("status") != PASS:
+        return
+    mine = replies.check(cell, "train").get("randomness", {})
+    theirs = replies.check(Cell(cell.backend, cell.device, False), "train").get("randomness", {})
+    if not (mine.get("draws") and theirs.get("draws")):
+        return
+    law = compare_losses_by_law(theirs["draws"], mine["draws"], "the nojit sibling")
+    train["draws_law_vs_nojit"] = law
+    if law["status"] != PASS:
+        train.update(status=MISMATCH, message="; ".join(m for m in (train.get("message"), law["message"]) if m))
+
+
+def step_keys(steps: dict) -> list[tuple[int, str, str, str]]:
+    """(step, quantity, name, key) in the order a step computes them."""
+    keys = []
+    for key in steps:
+        step, quantity, name = key.split("/", 2)
+        keys.append((int(step), QUANTITIES.index(quantity), name, key))
+    return [(s, QUANTITIES[q], n, k) for s, q, n, k in sorted(keys, key=lambda t: (t[0], t[1]))]
+
+
+def compare_steps(case_judge, cell: Cell, reference: Cell, ref_train: dict, train: dict, replies) -> dict:
+    """Every recorded quantity of every step, in order; the first that differs is the first
+    divergence, with the backend that departs from the others where a third cell says."""
+    rtol, atol = case_judge.case.rtol, case_judge.case.atol
+    ref, mine = arrays.load_weights(ref_train["file"]), arrays.load_weights(train["file"])
+    first, missing, worst_loss = None, [], 0.0
+    compared = 0
+    for step, quantity, name, key in step_keys(ref):
+        if key not in mine:
+            missing.append(key)
+            continue
+        verdict = compare.compare_arrays(name, ref[key], mine[key], str(ref[key].dtype), rtol, atol)
+        compared += 1
+        if quantity == "loss":
+            worst_loss = max(worst_loss, verdict.get("max_abs_err", np.inf))
+        if verdict["status"] != PASS and first is None:
+            first = {"step": step, "quantity": quantity, "variable": name,
+                     "max_abs_err": verdict.get("max_abs_err"), "message": verdict.get("message")}
+            outlier = outlier_backend(key, cell, reference, replies, rtol, atol)
+            if outlier:
+                first["outlier"] = outlier
+    final = {k.split("/", 2)[2]: v for k, v in mine.items() if k.startswith(f"{TRAIN_STEPS}/weight/")}
+    ref_final = {k.split("/", 2)[2]: v for k, v in ref.items() if k.startswith(f"{TRAIN_STEPS}/weight/")}
+    weights = compare.compare_weight_sets(ref_final, final, rtol, atol)
+    result = {"status": MISMATCH if first or missing else PASS, "steps": train["steps"], "compared_values": compared,
+              "reference_losses": ref_train["losses"], "loss_max_abs_err": worst_loss,
               "max_abs_err": weights.get("max_abs_err"), "max_rel_err": weights.get("max_rel_err")}
-    messages = [m for m in (losses.get("message"), weights.get("message")) if m]
-    if messages:
-        result["message"] = "after training, " + "; ".join(messages)
+    if first is not None:
+        result["first_divergence"] = first
+        where = f"step {first['step']}, {first['quantity']} {first['variable']}"
+        outlier = f" ({first['outlier']} departs from the other backends)" if first.get("outlier") else ""
+        result["message"] = f"training diverges first at {where}{outlier}: {first['message']}"
+        if weights.get("message"):
+            result["message"] += f"; after {TRAIN_STEPS} steps, {weights['message']}"
+    elif missing:
+        result["message"] = f"not recorded in this cell: {', '.join(missing[:3])}"
     return result
 
+
+def outlier_backend(key: str, cell: Cell, reference: Cell, replies, rtol, atol) -> str | None:
+    """Where this cell and the reference differ on `key`: the backend the other cells (of the
+    third backend) do not side with."""
+    values = {}
+    for other, outcome in replies.outcomes.items():
+        check = (outcome.reply or {}).get("checks", {}).get("train", {})
+        if check.get("status") == PASS and check.get("file") and not check.get("randomness", {}).get("own_draws"):
+            steps = arrays.load_weights(check["file"])
+            if key in steps:
+                values[other] = steps[key]
+    ref_value, value = values.get(reference), values.get(cell)
+    if ref_value is None or value is None:
+        return None
+
+    def agree(a, b):
+        return compare.compare_arrays(key, a, b, str(a.dtype), rtol, atol)["status"] == PASS
+
+    with_reference = with_cell = 0
+    for other, other_value in values.items():
+        if other.backend in (cell.backend, reference.backend):
+            continue
+        with_reference += agree(ref_value, other_value)
+        with_cell += agree(value, other_value)
+    if with_cell > with_reference:
+        return f"{reference.backend} (the reference)"
+    if with_reference > with_cell:
+        return cell.backend
+    return None
