@@ -3,12 +3,12 @@ training configuration. Each step's loss, metrics, gradients, optimizer variable
 must match the reference cell's; a divergence names its first step and variable.
 
 Randomness: Keras' random layers run as at inference during the compared steps (the record
-lists them), so dropout does not switch the comparison off. Then, where the model draws while
-training, PROBE_STEPS more steps, each from the same starting weights with the draws live,
-give the law of the loss under the draws: compared by law across backends and between a jit
-cell and its nojit sibling, and a compiled step that repeats its draws (a Python int seed) is
-caught against an eager run. Draws the user's own code makes cannot be made inert: such a
-model is compared by that law only, and the record says so.
+lists them), so dropout does not switch the comparison off. Draws the user's own code makes
+while training (a sampling layer, a dropout of its own) cannot be made inert: PROBE_STEPS more
+steps, each from the same starting weights, give the law of the loss under them, compared by
+law across backends and between a jit cell and its nojit sibling; a compiled step that
+repeats its draws (a Python int seed) is caught against an eager run. Such a model is
+compared by that law only, and the record says so.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ QUANTITIES = ("loss", "metric", "gradient", "optimizer", "weight")  # a step's c
 DATA_HINT = ("{received}, from {call}. The model's train_step unpacks it differently: declare "
              "targets=harness.no_targets where it trains as fit(x), or give targets=, or unpack "
              "with keras.utils.unpack_x_y_sample_weight(data)")
-DATA_ERRORS = ("values to unpack", "expects", "received", "input tensors", "not subscriptable",
+DATA_ERRORS = ("values to unpack", "Iterating over", "iterate over", "expects", "received", "input tensors", "not subscriptable",
                "index out of range", "unexpected keyword")
 
 
@@ -71,7 +71,8 @@ def run(ctx, obj, kind: str, inputs, outputs) -> None:
         x=inputs, y=None if trains_without_targets(ctx.case, model, factory_config) else targets_for(ctx, outputs),
         sample_weight=arrays.load_tree(ctx.request["sample_weight"]) if ctx.request.get("sample_weight") else None,
         class_weight=ctx.case.class_weight))
-    with_gradients = training.uses_keras_train_step(model)
+    # Gradients are taken eagerly, so a jit cell's would repeat its nojit sibling's work.
+    with_gradients = training.uses_keras_train_step(model) and not ctx.cell.jit
     initial = training.weights_of(model)
     inert = training.random_layers(model)
 
@@ -110,18 +111,19 @@ def run(ctx, obj, kind: str, inputs, outputs) -> None:
         "status": PASS, "steps": TRAIN_STEPS, "losses": recorder.losses, "file": path,
         "configuration": config.describe(model), "data": data.call(),
         "gradients": "by the backend's autodiff" if with_gradients else (
+            "in the nojit cell" if ctx.cell.jit and training.uses_keras_train_step(model) else
             "not recorded: the model's own train_step computes them"),
         "randomness": {"made_inert": [f"{layer.name} ({type(layer).__name__})" for layer in inert],
                        "own_draws": random_use["any"]},
     }
-    if inert or random_use["any"]:
+    if random_use["any"]:
         probe(ctx, model, data, initial, compile_model, result)
     ctx.checks["train"] = result
 
 
 def probe(ctx, model, data, initial: dict, compile_model, result: dict) -> None:
     """The law of the loss under the training draws: PROBE_STEPS steps from the same weights,
-    the random layers live; where every step repeats one loss, an eager run says whether the
+    Keras' random layers live too; where every step repeats one loss, an eager run says whether the
     draws should have changed."""
     from harness import training
 
@@ -233,7 +235,8 @@ def compare_steps(case_judge, cell: Cell, reference: Cell, ref_train: dict, trai
     compared = 0
     for step, quantity, name, key in step_keys(ref):
         if key not in mine:
-            missing.append(key)
+            if quantity != "gradient":  # a jit cell leaves gradients to its nojit sibling
+                missing.append(key)
             continue
         verdict = compare.compare_arrays(name, ref[key], mine[key], str(ref[key].dtype), rtol, atol)
         compared += 1
