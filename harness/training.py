@@ -90,7 +90,7 @@ def configuration(case, factory_config: dict | None, model) -> Configuration:
             kwargs[key], source[key] = declared(value), "the case"
     if "optimizer" not in kwargs:
         kwargs["optimizer"], source["optimizer"] = keras.optimizers.SGD(learning_rate=LEARNING_RATE), "the default"
-    if "loss" not in kwargs and factory_config is None and not has_own_training(model):
+    if "loss" not in kwargs and factory_config is None:
         kwargs["loss"], source["loss"] = "mse", "the default"
     return Configuration(kwargs, source)
 

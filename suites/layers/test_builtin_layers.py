@@ -206,7 +206,7 @@ FAMILIES = {
               spec((2, 5, 3)), TRAIN),
         Entry("ConvLSTM1D_default", "ConvLSTM1D", {"filters": 3, "kernel_size": 2}, spec((2, 4, 6, 2)), TRAIN),
         Entry("ConvLSTM2D_default", "ConvLSTM2D", {"filters": 2, "kernel_size": 2}, spec((2, 3, 5, 5, 2)), TRAIN),
-        Entry("ConvLSTM3D_default", "ConvLSTM3D", {"filters": 2, "kernel_size": 2}, spec((1, 2, 3, 3, 3, 1)), TRAIN),
+        Entry("ConvLSTM3D_default", "ConvLSTM3D", {"filters": 2, "kernel_size": 2}, spec((2, 2, 3, 3, 3, 1)), TRAIN),
         Entry("Bidirectional_gru_concat", "Bidirectional", {}, spec((2, 5, 3)), TRAIN, build=bidirectional()),
         Entry("Bidirectional_gru_sum", "Bidirectional", {"merge_mode": "sum"}, spec((2, 5, 3)), TRAIN,
               build=bidirectional(merge_mode="sum")),
