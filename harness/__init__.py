@@ -8,6 +8,6 @@
         return keras.Sequential([keras.Input((16,)), keras.layers.Dense(3)])
 """
 
-from harness.case import Case, CaseDefinitionError, full_budget, machine_dependent, no_targets, parity_case, spec
+from harness.case import Case, CaseDefinitionError, full_budget, machine_dependent, no_targets, param, parity_case, spec
 
-__all__ = ["Case", "CaseDefinitionError", "full_budget", "machine_dependent", "no_targets", "parity_case", "spec"]
+__all__ = ["Case", "CaseDefinitionError", "full_budget", "machine_dependent", "no_targets", "param", "parity_case", "spec"]

@@ -67,6 +67,24 @@ class NoTargets:
 no_targets = NoTargets()
 
 
+@dataclasses.dataclass(frozen=True, init=False)
+class param:  # noqa: N801 - lower case: it reads as a function in a declaration, as pytest.param
+    """A `params` entry with declarations of its own, as `pytest.param` carries marks:
+
+        params={"sgd": {"name": "SGD"},
+                "adam": harness.param(name="Adam", xfail={"jax-*-*": ("mismatch", "why")})}
+
+    The keyword arguments go to the factory; the entry's `xfail` applies to its cells before
+    the case's own (the first matching pattern decides)."""
+
+    kwargs: dict
+    xfail: dict | None
+
+    def __init__(self, *, xfail: dict | None = None, **kwargs):
+        object.__setattr__(self, "kwargs", kwargs)
+        object.__setattr__(self, "xfail", xfail)
+
+
 @dataclasses.dataclass(frozen=True)
 class machine_dependent:  # noqa: N801 - lower case: it reads as a function in a declaration
     """An `xfail` value for cells whose outcome depends on the machine: the CPU's instruction
@@ -135,6 +153,7 @@ class Case:
     cell_checks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (cell pattern, checks run there)
     skip: tuple[tuple[str, str], ...] = ()  # (cell pattern, reason): cells not run
     params: tuple[tuple[str, dict], ...] = ()  # (id, keyword arguments): one case per entry
+    param_xfail: tuple[tuple[str, tuple[XfailRule, ...]], ...] = ()  # (id, the entry's own declarations)
     param: str | None = None  # the entry this case is bound to (see `bind`)
 
     def bind(self, param: str) -> Case:
@@ -149,7 +168,8 @@ class Case:
 
         return dataclasses.replace(self, factory=bound, inputs=_bind_data(self.inputs, kwargs),
                                    targets=_bind_data(self.targets, kwargs),
-                                   sample_weight=_bind_data(self.sample_weight, kwargs), param=param)
+                                   sample_weight=_bind_data(self.sample_weight, kwargs), param=param,
+                                   xfail=dict(self.param_xfail).get(param, ()) + self.xfail)
 
     def skip_reason(self, cell_id: str) -> str | None:
         for pattern, reason in self.skip:
@@ -210,6 +230,8 @@ def _bind_data(value: Any, kwargs: dict) -> Any:
 
 
 def _parse_params(params: dict | None, factory: Callable, factory_name: str) -> tuple[tuple[str, dict], ...]:
+    """The entries as (id, keyword arguments); a `harness.param` entry's declarations are read
+    by `_parse_param_xfail`."""
     if params is None:
         return ()
     where = f"case {factory_name!r}: params"
@@ -217,7 +239,10 @@ def _parse_params(params: dict | None, factory: Callable, factory_name: str) -> 
         raise CaseDefinitionError(f"{where} must be a non-empty dict from an id to the factory's "
                                   f"keyword arguments, e.g. {{'small': {{'width': 8}}, 'wide': {{'width': 64}}}}")
     signature = inspect.signature(factory)
+    entries = []
     for param_id, kwargs in params.items():
+        if isinstance(kwargs, param):
+            kwargs = kwargs.kwargs
         if not (isinstance(param_id, str) and param_id and not set(param_id) & set("[]/: ")):
             raise CaseDefinitionError(f"{where}: id {param_id!r} must be a non-empty string without "
                                       f"brackets, slashes, colons or spaces (it goes into the test id)")
@@ -228,7 +253,13 @@ def _parse_params(params: dict | None, factory: Callable, factory_name: str) -> 
         except TypeError as exc:
             raise CaseDefinitionError(f"{where}[{param_id!r}]: the factory {factory_name}{signature} "
                                       f"cannot take {kwargs!r}: {exc}") from None
-    return tuple(params.items())
+        entries.append((param_id, kwargs))
+    return tuple(entries)
+
+
+def _parse_param_xfail(params: dict | None, factory_name: str) -> tuple[tuple[str, tuple[XfailRule, ...]], ...]:
+    return tuple((param_id, _parse_xfail(entry.xfail, f"{factory_name}[{param_id}]"))
+                 for param_id, entry in (params or {}).items() if isinstance(entry, param) and entry.xfail)
 
 
 def materialize(value: Any, rng: np.random.Generator, what: str) -> Any:
@@ -389,7 +420,8 @@ def parity_case(
     `skip` with that reason. Both are budgets: KERAS_PARITY_FULL=1 ignores them. `params`
     makes one case per entry of a dict from an id to the factory's keyword arguments (a model
     zoo: `params={"small": {"width": 8}, "wide": {"width": 64}}` gives the cases `zoo[small]`
-    and `zoo[wide]`); an `inputs` or `targets` callable that names a parameter gets it too.
+    and `zoo[wide]`); an `inputs` or `targets` callable that names a parameter gets it too. An
+    entry given as `harness.param(xfail=..., **kwargs)` carries declarations of its own.
 
     Training (the `train` check): `optimizer` (a name, an optimizer object, or a zero-argument
     callable returning one: `lambda: keras.optimizers.Adam(1e-3, clipnorm=1.0)`), `loss` (a
@@ -437,6 +469,7 @@ def parity_case(
             cell_checks=cell_checks_rules if budgeted else (),
             skip=skip_rules if budgeted else (),
             params=_parse_params(params, factory, name),
+            param_xfail=_parse_param_xfail(params, name),
         )
 
     return decorate

@@ -135,6 +135,16 @@ RULES = (
         message=r"All operation outputs must be tensors.*returned a non-tensor",
     ),
     Rule(
+        "loss_not_scalar",
+        "the loss is not a scalar (a loss with reduction=None, or a compute_loss that returns "
+        "per-sample values): JAX and torch take gradients of scalars only, while TensorFlow's "
+        "tape silently differentiates the sum. Give the loss a reduction "
+        "('sum_over_batch_size', the default, or 'sum'), or reduce it in compute_loss",
+        message=r"Gradient only defined for scalar-output functions|"
+        r"grad can be implicitly created only for scalar outputs",
+        checks=("train",),
+    ),
+    Rule(
         "train_step_per_backend",
         "a TensorFlow-style train_step(self, data) does not run here: under JAX Keras calls "
         "train_step(self, state, data) and expects (logs, state) back; under torch there is no "

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -70,7 +71,9 @@ class Configuration:
         """The record's `configuration`: the optimizer's class and settings as built, the loss,
         the metrics, and where each came from."""
         optimizer = model.optimizer
-        settings = {k: v for k, v in optimizer.get_config().items() if v not in (None, False) and k != "name"}
+        config = optimizer.get_config()
+        unused = ("ema_momentum", "ema_overwrite_frequency") if not config.get("use_ema") else ()
+        settings = {k: v for k, v in config.items() if v not in (None, False) and k != "name" and k not in unused}
         described = {"optimizer": {"class": type(optimizer).__name__, **json.loads(json.dumps(settings, default=str))},
                      "source": self.source}
         for key in COMPILE_KEYS[1:]:
@@ -101,7 +104,7 @@ def describe_value(value):
         return {str(k): describe_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [describe_value(v) for v in value]
-    if isinstance(value, str) or value is None:
+    if isinstance(value, (str, int, float)) or value is None:
         return value
     if hasattr(value, "get_config"):
         try:
@@ -271,6 +274,22 @@ def weights_of(model) -> dict[str, np.ndarray]:
     return {v.path: np.array(keras.ops.convert_to_numpy(v.value)) for v in model.weights}
 
 
+def optimizer_state(optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's variables under names that match across backends. Their paths do not:
+    a variable an optimizer makes outside `add_variable` (Nadam's momentum product, Adafactor's
+    factors) is `nadam/variable` under TensorFlow, whose name scopes reach every variable, and
+    `variable` under JAX and torch; and Adafactor gives both factors of a kernel one path. So
+    every name gets the optimizer's scope, and a repeated one its rank (`adafactor/bias#2`), in
+    the order of `optimizer.variables`, which every backend builds alike."""
+    scope = f"{optimizer.name}/"
+    state, seen = {}, collections.Counter()
+    for v in optimizer.variables:
+        name = scope + v.path.removeprefix(scope)
+        seen[name] += 1
+        state[name if seen[name] == 1 else f"{name}#{seen[name]}"] = np.array(keras.ops.convert_to_numpy(v.value))
+    return state
+
+
 class StepRecorder(keras.callbacks.Callback):
     """One epoch of one batch is one step. Records, in a step's order: its loss and metrics,
     the gradients taken at its starting weights, then the optimizer's variables and the weights
@@ -298,23 +317,30 @@ class StepRecorder(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        values = {name: float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
-                  for name, value in (logs or {}).items()}  # reading them waits for the step
+        # Reading the values waits for the step. Kept whole: a metric may be a vector (F1Score
+        # per class); Keras computes them in float32 on every backend.
+        values = {name: np.asarray(keras.ops.convert_to_numpy(value), np.float32)
+                  for name, value in (logs or {}).items()}
         synchronize(self.backend, self.device)
         self.times.append(time.perf_counter() - self.started)
-        self.losses.append(values.get("loss", float("nan")))
+        self.losses.append(float(values["loss"].reshape(-1)[0]) if "loss" in values else float("nan"))
         self.logs = values
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.record_state:
             return
         step = f"{epoch + 1}/"
-        self.steps[step + "loss/loss"] = np.float32(self.logs.get("loss", np.nan))  # computed in float32
+        # Each output's own loss (`{output}_loss`) before their sum: a divergence is then named
+        # at the output whose loss departs.
         for name, value in self.logs.items():
-            if name != "loss":
-                self.steps[step + f"metric/{name}"] = np.float32(value)
+            if name.endswith("_loss"):
+                self.steps[step + f"loss/{name}"] = value
+        self.steps[step + "loss/loss"] = self.logs.get("loss", np.float32(np.nan))
+        for name, value in self.logs.items():
+            if name != "loss" and not name.endswith("_loss"):
+                self.steps[step + f"metric/{name}"] = value
         self.steps.update({step + k: v for k, v in self.pending.items()})
-        for v in self.model.optimizer.variables:
-            self.steps[step + f"optimizer/{v.path}"] = np.array(keras.ops.convert_to_numpy(v.value))
+        for name, value in optimizer_state(self.model.optimizer).items():
+            self.steps[step + f"optimizer/{name}"] = value
         for path, value in weights_of(self.model).items():
             self.steps[step + f"weight/{path}"] = value

@@ -16,6 +16,7 @@ from keras import layers, ops
 import harness
 
 TRAIN = ["build", "outputs", "train"]
+BUDGET = {"torch-*-jit": "torch.compile of a train step takes tens of seconds: the other cases compile it"}
 
 
 @harness.parity_case(inputs=lambda rng: np.array([[1, 1, 1, 2, 3, 1]] * 4, dtype="int32"),
@@ -30,6 +31,32 @@ def compiled_by_the_factory():
     model = keras.Sequential([keras.Input((6,)), layers.Dense(4), layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.RMSprop(0.005, clipnorm=1.0), loss="mae", metrics=["mse"])
     return model
+
+
+@harness.parity_case(inputs=harness.spec((8, 6)), optimizer=lambda: keras.optimizers.Adafactor(0.01), checks=TRAIN,
+                     skip=BUDGET)
+def adafactor_state():
+    return keras.Sequential([keras.Input((6,)), layers.Dense(4), layers.Dense(2)])
+
+
+@harness.parity_case(inputs=lambda rng: rng.normal(size=(8, 6)).astype("float32"),
+                     targets=lambda rng: {"label": rng.integers(0, 2, size=(8, 1)).astype("float32"),
+                                          "score": rng.normal(size=(8, 1)).astype("float32")}, checks=TRAIN,
+                     skip=BUDGET)
+def saturated_label_output():
+    x = keras.Input((6,))
+    label = layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.RandomNormal(stddev=30.0),
+                         name="label")(x)
+    model = keras.Model(x, {"label": label, "score": layers.Dense(1, name="score")(x)})
+    model.compile(optimizer="sgd", loss={"label": "binary_crossentropy", "score": "mse"})
+    return model
+
+
+@harness.parity_case(inputs=harness.spec((8, 6)), targets=lambda rng: rng.integers(0, 3, size=(8,)).astype("int32"),
+                     loss=lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                     checks=TRAIN, skip=BUDGET)
+def per_sample_loss():
+    return keras.Sequential([keras.Input((6,)), layers.Dense(3)])
 
 
 class IntSeedDropout(layers.Layer):
@@ -159,3 +186,28 @@ def test_a_train_step_that_unpacks_the_wrong_data_gets_a_hint_naming_it(run):
     assert failure["kind"] == "train_step_data", failure
     assert failure["hint"].startswith("data = x alone (x: float32 (8, 6)), from fit(x)"), failure["hint"]
     assert "harness.no_targets" in failure["hint"]
+
+
+def test_optimizer_state_is_compared_under_names_every_backend_shares(run):
+    # Adafactor's factors share one path per variable, and the variables it makes outside
+    # add_variable are `adafactor/bias` under TensorFlow and `bias` elsewhere.
+    for cell in CELLS[1:-1]:
+        train = run.cell("adafactor_state", cell)["checks"]["train"]
+        assert train["status"] == "pass", (cell, train)
+    steps = run.cell("adafactor_state", "jax-cpu-nojit")["checks"]["train"]["compared_values"]
+    assert steps >= 4 * (1 + 4 + 4 + 14), steps  # loss, gradients, weights, the 14 optimizer variables
+
+
+def test_a_divergence_is_named_at_the_output_whose_loss_departs(run):
+    # TensorFlow computes the saturated sigmoid's cross-entropy from its logits; JAX and torch clip.
+    for cell in ("jax-cpu-nojit", "torch-cpu-nojit"):
+        first = run.cell("saturated_label_output", cell)["checks"]["train"]["first_divergence"]
+        assert (first["step"], first["quantity"], first["variable"]) == (1, "loss", "label_loss"), first
+        assert first["outlier"] == "tensorflow (the reference)", first
+
+
+def test_a_loss_without_reduction_fails_where_only_scalars_have_gradients(run):
+    assert run.cell("per_sample_loss", "tensorflow-cpu-jit")["checks"]["train"]["status"] == "pass"
+    for cell in ("jax-cpu-nojit", "jax-cpu-jit", "torch-cpu-nojit"):
+        failure = run.cell("per_sample_loss", cell)["checks"]["train"]["failure"]
+        assert failure["kind"] == "loss_not_scalar" and "reduction" in failure["hint"], (cell, failure)

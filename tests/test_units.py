@@ -134,6 +134,21 @@ def test_bad_params_are_refused_with_the_case_and_entry_named(params, message):
         harness.parity_case(inputs=harness.spec((1,)), params=params)(zoo)
 
 
+def test_a_params_entry_carries_its_own_declarations():
+    def zoo(width):
+        return width
+
+    case = harness.parity_case(inputs=harness.spec((1,)), xfail={"torch-*-*": "the zoo's own"}, params={
+        "narrow": {"width": 2}, "wide": harness.param(width=64, xfail={"jax-*-jit": ("mismatch", "wide only")})})(zoo)
+    wide, narrow = case.bind("wide"), case.bind("narrow")
+    assert wide() == 64 and wide.xfail_rule("jax-cpu-jit").reason == "wide only"
+    assert wide.xfail_rule("torch-cpu-jit").reason == "the zoo's own"
+    assert narrow.xfail_rule("jax-cpu-jit") is None and narrow.xfail_rule("torch-cpu-nojit").reason == "the zoo's own"
+    with pytest.raises(harness.CaseDefinitionError, match=r"case 'zoo\[wide\]': xfail\['jax-\*-jit'\] names status 'pass'"):
+        harness.parity_case(inputs=harness.spec((1,)), params={
+            "wide": harness.param(width=64, xfail={"jax-*-jit": ("pass", "why")})})(zoo)
+
+
 def test_bad_inputs_name_what_to_change():
     case = harness.parity_case(inputs=lambda rng: "not an array")(lambda: None)
     with pytest.raises(harness.CaseDefinitionError, match="inputs: expected an array"):
