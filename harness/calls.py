@@ -45,6 +45,36 @@ def load_case(case_ref: dict):
     return case.bind(case_ref["param"]) if case_ref.get("param") is not None else case
 
 
+def make_object(case, seed: int):
+    """The case's object, built by its factory in a fresh Keras session seeded as every cell is."""
+    import keras
+
+    # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
+    # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
+    keras.backend.clear_session(free_memory=False)
+    keras.utils.set_random_seed(seed)
+    return case.factory()
+
+
+def kind_of(obj) -> str | None:
+    """"model", "layer" or "function": how the harness calls the object; None for none of them."""
+    import keras
+
+    if isinstance(obj, keras.Model):
+        return "model"
+    if isinstance(obj, keras.layers.Layer):
+        return "layer"
+    if callable(obj):
+        return "function"
+    return None
+
+
+def build_object(obj, kind: str, inputs) -> None:
+    """A layer is built by a call on the inputs; so is a model that is not built yet."""
+    if kind == "layer" or (kind == "model" and not obj.built):
+        obj(inputs)
+
+
 def wrap_layer(layer, inputs):
     """A built layer inside a functional keras.Model of the inputs' exact shapes, so jit on/off,
     training, saving and export go through Keras' own paths, and the file needs no wrapper class."""

@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from harness import arrays, classify, compile_cache, memory
-from harness.calls import backend_jit, call_function, load_case, results_of, to_numpy_tree, wrap_layer
+from harness.calls import (backend_jit, build_object, call_function, kind_of, load_case, make_object, results_of,
+                           to_numpy_tree, wrap_layer)
 from harness.cells import Cell
 from harness.checks import build, export, outputs, rng, save, train
 from harness.statuses import ERROR, SKIP
@@ -157,32 +158,23 @@ class CellRun:
                 if peak is not None:
                     self.timings["gpu_peak_mb"] = peak
 
-    def make(self, case):
-        import keras
-
-        # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
-        # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
-        keras.backend.clear_session(free_memory=False)
-        keras.utils.set_random_seed(self.request["seed"])
-        return case.factory()
-
     def run_checks(self) -> None:
         case = self.step("build", "import", lambda: load_case(self.request["case"]))
         inputs = arrays.load_tree(self.request["inputs"])
         self.case, self.inputs = case, inputs
 
         t0 = time.perf_counter()
-        obj = self.step("build", "factory", lambda: self.make(case))
+        obj = self.step("build", "factory", lambda: make_object(case, self.request["seed"]))
         from harness import training  # imports keras: workers only
 
         self.factory_compile = training.compile_config_of(obj)  # before inference recompiles it
-        kind = self.kind_of(obj)
+        kind = kind_of(obj)
         if kind is None:
             raise StepFailed(ERROR, classify.Failure(
                 check="build", phase="factory", kind="bad_factory", exception="TypeError",
                 message=f"the factory returned {type(obj).__name__}",
                 hint="return a keras.Model, a keras.layers.Layer or a callable built from keras.ops"))
-        self.step("build", "build", lambda: self.build(obj, kind, inputs))
+        self.step("build", "build", lambda: build_object(obj, kind, inputs))
         if self.backend == "tensorflow":
             self.forward = (lambda x: call_function(obj, x)) if kind == "function" else (
                 lambda x: obj(x, training=False)) if kind == "model" else obj
@@ -201,23 +193,6 @@ class CellRun:
         self.optional_check("rng", lambda: rng.run(self, case, inputs))
 
     # -- the object ------------------------------------------------------------------
-
-    @staticmethod
-    def kind_of(obj) -> str | None:
-        import keras
-
-        if isinstance(obj, keras.Model):
-            return "model"
-        if isinstance(obj, keras.layers.Layer):
-            return "layer"
-        if callable(obj):
-            return "function"
-        return None
-
-    @staticmethod
-    def build(obj, kind: str, inputs) -> None:
-        if kind == "layer" or (kind == "model" and not obj.built):
-            obj(inputs)
 
     def load_reference_weights(self, obj) -> list[str]:
         """Assign the reference cell's weights by path; returns the paths it lacks (then

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from harness import arrays, compare
-from harness.calls import same_tree
+from harness.calls import build_object, kind_of, make_object, same_tree
 from harness.cells import Cell
 from harness.checks.outputs import compare_random_outputs
 from harness.replies import load
@@ -29,9 +29,9 @@ def run(ctx, case, inputs) -> None:
         return
 
     def again():
-        obj = ctx.make(case)
-        kind = ctx.kind_of(obj)
-        ctx.build(obj, kind, inputs)
+        obj = make_object(case, ctx.request["seed"])
+        kind = kind_of(obj)
+        build_object(obj, kind, inputs)
         if ctx.request.get("load_weights_from") and kind != "function":
             ctx.load_reference_weights(obj)
         return ctx.predictor(obj, kind, jit=ctx.cell.jit)(inputs)

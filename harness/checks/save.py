@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from harness import arrays
-from harness.calls import custom_objects_of, load_case, results_of, same_results, wrap_layer
+from harness.calls import build_object, custom_objects_of, load_case, results_of, same_results, wrap_layer
 from harness.replies import NOT_RUN, compare_files, ran_elsewhere
 from harness.statuses import MISMATCH, PASS, worst
 from harness.steps import each_file
@@ -36,7 +36,7 @@ def run(ctx, case, obj, kind: str, inputs) -> None:
 
     def reload_weights():
         fresh = case.factory()
-        ctx.build(fresh, kind, inputs)
+        build_object(fresh, kind, inputs)
         fresh_model = fresh if kind == "model" else wrap_layer(fresh, inputs)
         fresh_model.load_weights(weights_path)
         predict = ctx.predictor(fresh, kind, jit=False)
