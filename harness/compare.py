@@ -232,3 +232,65 @@ def compare_weight_sets(reference: dict[str, np.ndarray], got: dict[str, np.ndar
         result.update(status=MISMATCH, message="; ".join(messages),
                       **{f"worst_{k}": worst[k] for k in ("output", "worst_index") if k in worst})
     return result
+
+
+BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
+
+
+def leaves_error(reference: list, got: list, rtol: float | None, atol: float | None) -> tuple[float, bool]:
+    """The worst absolute error over paired arrays, and whether all are within tolerance and of
+    the reference's dtypes."""
+    if len(reference) != len(got):
+        return float("inf"), False
+    worst, ok = 0.0, True
+    for ref, mine in zip(reference, got):
+        ref, mine = np.asarray(ref), np.asarray(mine)
+        verdict = compare_arrays("value", ref, mine, str(ref.dtype), rtol, atol)
+        worst = max(worst, verdict.get("max_abs_err", float("inf")))
+        ok = ok and verdict["status"] == PASS and ref.dtype == mine.dtype
+    return worst, ok
+
+
+def agree(reference, got, rtol: float | None, atol: float | None) -> bool:
+    """Two values (arrays, or lists of arrays) within tolerance of each other."""
+    return leaves_error(reference if isinstance(reference, (list, tuple)) else [reference],
+                        got if isinstance(got, (list, tuple)) else [got], rtol, atol)[1]
+
+
+def outlier(values: dict, cell, reference, rtol: float | None, atol: float | None,
+            with_reference: frozenset = frozenset()) -> tuple[str | None, list[list[str]]]:
+    """Where `cell` and `reference` differ on a value, who departs. The cells are put in groups
+    that agree with each other (by their `values`; the cells of `with_reference`, whose value
+    is not at hand but whose results matched the reference's, in the reference's group). With
+    two groups, the smaller one departs (fewer backends, then fewer cells), named by backend
+    where it holds every cell of that backend (`torch`, `tensorflow (the reference)`) and by
+    cell otherwise (`jax-cpu-jit`: a compiler); with more groups, or two of one size, no one
+    does. Returns the outlier, or None, and the groups as cell ids."""
+    def order(c):
+        return (c != reference, BACKEND_ORDER.get(c.backend, 9), c.backend, c.device, c.jit)
+
+    groups: list[list] = []
+    for other in sorted(values, key=order):
+        for group in groups:
+            if agree(values[group[0]], values[other], rtol, atol):
+                group.append(other)
+                break
+        else:
+            groups.append([other])
+    reference_group = next(g for g in groups if reference in g)
+    reference_group.extend(sorted((c for c in with_reference if c not in values), key=order))
+    named = [[c.id for c in g] for g in groups]
+    cell_group = next(g for g in groups if cell in g)
+
+    def size(group):  # the backends that side with it, then its cells
+        return len({c.backend for c in group}), len(group)
+
+    if len(groups) != 2 or cell_group is reference_group or size(cell_group) == size(reference_group):
+        return None, named
+    departing = min(groups, key=size)
+    every = [c for g in groups for c in g]
+    parts = []
+    for backend in dict.fromkeys(c.backend for c in departing):
+        mine = [c for c in departing if c.backend == backend]
+        parts += [backend] if len(mine) == len([c for c in every if c.backend == backend]) else [c.id for c in mine]
+    return ", ".join(parts) + (" (the reference)" if reference in departing else ""), named

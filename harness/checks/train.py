@@ -267,8 +267,8 @@ def compare_steps(case_judge, cell: Cell, reference: Cell, ref_train: dict, trai
 
 
 def outlier_backend(key: str, cell: Cell, reference: Cell, replies, rtol, atol) -> str | None:
-    """Where this cell and the reference differ on `key`: the backend the other cells (of the
-    third backend) do not side with."""
+    """Where this cell and the reference differ on `key`: who departs, by every cell's value
+    of it (`compare.outlier`)."""
     values = {}
     for other, outcome in replies.outcomes.items():
         check = (outcome.reply or {}).get("checks", {}).get("train", {})
@@ -276,21 +276,6 @@ def outlier_backend(key: str, cell: Cell, reference: Cell, replies, rtol, atol) 
             steps = arrays.load_weights(check["file"])
             if key in steps:
                 values[other] = steps[key]
-    ref_value, value = values.get(reference), values.get(cell)
-    if ref_value is None or value is None:
+    if reference not in values or cell not in values:
         return None
-
-    def agree(a, b):
-        return compare.compare_arrays(key, a, b, str(a.dtype), rtol, atol)["status"] == PASS
-
-    with_reference = with_cell = 0
-    for other, other_value in values.items():
-        if other.backend in (cell.backend, reference.backend):
-            continue
-        with_reference += agree(ref_value, other_value)
-        with_cell += agree(value, other_value)
-    if with_cell > with_reference:
-        return f"{reference.backend} (the reference)"
-    if with_reference > with_cell:
-        return cell.backend
-    return None
+    return compare.outlier(values, cell, reference, rtol, atol)[0]
