@@ -22,7 +22,7 @@ CRASH_HINT = ("the worker process died in this cell (a segfault in native code, 
               "this backend ran in a fresh worker")
 TIMEOUT_HINT = ("raise --keras-timeout if the cell is only slow (torch.compile can take "
                 "minutes on CPU), or look for a hang in the log tail")
-INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws", "draws_advance", "eager_draws_advance")
+INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws", "draws_advance", "eager_draws_advance", "kind")
 
 
 class Judge:
@@ -113,6 +113,13 @@ class Judge:
             record.update(status=SKIP, skip_reason="checks passed, but not every comparison happened: "
                                                    + "; ".join(missing))
         return record
+
+    def refresh_failure(self, record: dict) -> None:
+        """The cell's `failure` again, after a check's own record changed (a localization)."""
+        tail = (record.get("failure") or {}).get("log_tail")
+        record["failure"] = self.worst_failure(record["checks"])
+        if record["failure"] is not None and tail is not None:
+            record["failure"]["log_tail"] = tail
 
     @staticmethod
     def worst_failure(checks: dict[str, dict]) -> dict | None:

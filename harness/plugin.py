@@ -187,6 +187,9 @@ def describe_failure(record: dict, repro: str | None = None) -> str:
             lines.append(f"    unsupported ops: {', '.join(failure['unsupported_ops'])}")
         if failure.get("hint"):
             lines.append(f"    hint: {failure['hint']}")
+        reproducer = (record["checks"][name].get("first_divergence") or {}).get("reproducer") or {}
+        if reproducer.get("written"):
+            lines.append(f"    reproduce it ({reproducer['piece']}): {reproducer['command']}")
     tail = [line[:200] for line in ((record.get("failure") or {}).get("log_tail") or "").strip().splitlines()[-15:]]
     if tail:
         lines.append("  worker log (tail):\n    " + "\n    ".join(tail))
@@ -252,7 +255,7 @@ class ParityPlugin:
             # pytest's cache folder (absent under -p no:cacheprovider): --cache-clear runs cold.
             cache = getattr(self.config, "cache", None)
             cache_dir = str(cache.mkdir(compile_cache.CACHE_NAME)) if cache is not None else None
-            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks, cache_dir)
+            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks, cache_dir, self.report_dir)
         if self.selected is None:  # the items left after -k, --lf, deselection
             self.selected = {}
             for other in item.session.items:

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from harness import arrays
+from harness import arrays, localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
 from harness.judge import Judge
@@ -65,8 +65,10 @@ class ParitySession:
     """Owns the worker pool and the records of every case run in this pytest process."""
 
     def __init__(self, plan: CellPlan, timeout: float, log_dir: str,
-                 checks: tuple[str, ...] = ALL_CHECKS, compile_cache_dir: str | None = None):
+                 checks: tuple[str, ...] = ALL_CHECKS, compile_cache_dir: str | None = None,
+                 report_dir: str | None = None):
         self.plan = plan
+        self.report_dir = report_dir  # where reproducers of localized divergences go (None: none)
         self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
         self.pool = WorkerPool(log_dir, compile_cache_dir)
@@ -161,8 +163,43 @@ class ParitySession:
         self.pool.run([job(cell) for cell in rest])
         self.run_cross_checks(replies, common, case_dir)
 
-        for cell in runnable:
-            self.records[(case_ref.id, cell.id)] = judge.cell_record(cell, replies)
+        records = {cell: judge.cell_record(cell, replies) for cell in runnable}
+        self.localize(case, case_ref, judge, records, replies, {**common, "weights": weights_path}, case_dir)
+        for cell, record in records.items():
+            self.records[(case_ref.id, cell.id)] = record
+
+    def localize(self, case: Case, case_ref: CaseRef, judge: Judge, records: dict[Cell, dict],
+                 replies: CaseReplies, common: dict, case_dir: str) -> None:
+        """Phase 4, for the cells whose outputs mismatched or whose training first diverged in a
+        loss: the reference cell taps its layers, then each such cell compares its own taps
+        with them, side by side (`harness.localize`); the records get what they found."""
+        for (check, *step), cells in localize.wanted(records, replies).items():
+            reference = Cell.parse(records[cells[0]]["checks"][check]["compared_with"])
+            folder = os.path.join(case_dir, "localize-" + "-".join([check, *map(str, step)]))
+            weights = common["weights"] if not step else localize.step_weights(
+                replies.check(reference, "train")["file"], step[0], common["weights"], folder + "-weights.npz")
+            base = {**common, "type": "localize", "training": check == "train", "weights": weights,
+                    "rtol": case.rtol, "atol": case.atol, "reference_cell": reference.id}
+            replies_of: dict[Cell, Outcome] = {}
+
+            def job(cell: Cell, **request) -> Job:
+                out_dir = os.path.join(folder, cell.id)
+                os.makedirs(out_dir)
+                return Job(cell.worker_key, {**base, "cell": cell.id, "out_dir": out_dir, **request}, self.timeout,
+                           lambda outcome, cell=cell: replies_of.__setitem__(cell, outcome))
+
+            self.pool.run([job(reference, reference=None)])
+            found = replies_of[reference].reply or {"error": f"the reference's worker: {replies_of[reference].message}"}
+            if not found.get("error"):
+                self.pool.run([job(cell, reference={"file": found["file"], "calls": found["calls"]},
+                                   repro_dir=self.report_dir and localize.repro_folder(
+                                       self.report_dir, case_ref.id, cell, check)) for cell in cells])
+            localize.judge(records, check, reference, cells, {
+                cell: (found if found.get("error") else replies_of[cell].reply or {
+                    "error": f"the worker: {replies_of[cell].status}: {replies_of[cell].message}"})
+                for cell in cells}, found, case)
+            for cell in cells:
+                judge.refresh_failure(records[cell])
 
     def run_cross_checks(self, replies: CaseReplies, common: dict, case_dir: str) -> None:
         """Phase 3: `.keras` files across backends, SavedModels through TFSMLayer."""

@@ -93,6 +93,7 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
+    from harness import localize
     from harness.checks.export import reload_exports
     from harness.checks.save import load_saved_models
     from harness.runner import CellRun
@@ -110,6 +111,8 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
             reply = load_saved_models(request)
         elif request["type"] == "reload_exports":
             reply = reload_exports(request)
+        elif request["type"] == "localize":
+            reply = localize.serve(request, backend)
         else:
             reply = {"type": "error", "message": f"unknown request {request['type']!r}"}
         send(conn_out, reply)

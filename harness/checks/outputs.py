@@ -26,7 +26,7 @@ def run(ctx, obj, kind: str, arrays_in):
     ctx.uses_random = random_use["any"]
     path = os.path.join(ctx.out_dir, "outputs.npz")
     dtypes = arrays.save_tree(path, outputs)
-    result = {"status": PASS, "file": path, "dtypes": dtypes, "random": ctx.uses_random}
+    result = {"status": PASS, "file": path, "dtypes": dtypes, "random": ctx.uses_random, "kind": kind}
     if ctx.uses_random:
         # Draws differ per backend: the pytest process compares laws, not values, over
         # calls that draw anew (the elements of one call are not independent draws).
