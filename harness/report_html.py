@@ -64,6 +64,7 @@ def render(report: dict) -> str:
         render_compile_failures(cells),
         render_timings(cells),
         render_save_matrix(cells),
+        render_localized(cells),
         render_failures(cells, failed, anchors),
         "</body></html>",
     ]
@@ -229,6 +230,65 @@ def render_save_matrix(cells: list[dict]) -> str:
         for case, source, r in rows)
     return (f'<h2>.keras files across backends</h2><table id="save-matrix"><thead><tr><th>case</th>'
             f"<th>saved under</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+FIRST_ROW = f'<tr class="first" style="background:{STATUS_COLOURS["mismatch"]}">'
+
+
+def render_localized(cells: list[dict]) -> str:
+    found = tables.localized(cells)
+    if not found:
+        return ""
+    parts = ["<h2>Localized divergences</h2><p>Where each mismatching cell first departs from the reference, "
+             "layer by layer in the reference's order (max abs errors; growth: the output's error over its "
+             "inputs'). The chart: each layer's output error, log scale.</p>"]
+    for i, d in enumerate(found, 1):
+        rows = "".join(
+            (FIRST_ROW if row["key"] == d.first_key else "<tr>")
+            + f"<td><code>{esc(row['key'])}</code></td><td>{esc(row['class'])}</td><td>{esc(tuple(row['shape']))}</td>"
+            f"<td>{esc(tables.format_error(row.get('inputs_err')))}</td>"
+            f"<td>{esc(tables.format_error(row.get('output_err')))}</td><td>{esc(row['growth'])}</td></tr>"
+            for row in d.layers)
+        more = f'<p class="muted">{d.more} more layers in parity.json</p>' if d.more else ""
+        reproduce = f"<p>Reproduce: <code>{esc(d.reproducer)}</code></p>" if d.reproducer else ""
+        parts.append(f'<section id="localized-{i}" class="localized"><h3><code>{esc(d.case)}</code> '
+                     f"[{esc(d.cell)}] {esc(d.check)}</h3><p>{esc(d.summary)}</p>{reproduce}"
+                     f'<div class="chart">{error_chart(d.layers)}</div>'
+                     f"<table><thead><tr><th>layer</th><th>class</th><th>output shape</th><th>inputs err</th>"
+                     f"<th>output err</th><th>growth</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>")
+    return "".join(parts)
+
+
+def error_chart(rows: list[dict]) -> str:
+    """Each layer's output error as a bar on a log scale, in the reference's order; nil errors
+    sit at the floor, infinite ones reach the top."""
+    finite = [r["output_err"] for r in rows if r.get("output_err") and math.isfinite(r["output_err"])]
+    lo = 10 ** math.floor(math.log10(min(finite))) if finite else 1e-8
+    hi = 10 ** math.ceil(math.log10(max(finite))) if finite else 1.0
+    lo, hi = min(lo, 1e-8), max(hi, lo * 10)
+    width, height, left, bottom = max(160, 18 * len(rows)) + 50, 140, 50, 16
+
+    def y(err) -> float:
+        if not err:
+            return height - bottom
+        if not math.isfinite(err):
+            return 4.0
+        return 4 + (height - bottom - 4) * (math.log10(hi) - math.log10(max(err, lo))) / (math.log10(hi) - math.log10(lo))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+           f'aria-label="error by layer" font-size="10" font-family="sans-serif">']
+    for decade in (lo, math.sqrt(lo * hi), hi):
+        out.append(f'<line x1="{left}" y1="{y(decade):.1f}" x2="{width}" y2="{y(decade):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 4}" y="{y(decade) + 3:.1f}" text-anchor="end" fill="#666">{decade:.0e}</text>')
+    for i, row in enumerate(rows):
+        err = row.get("output_err")
+        top = y(err)
+        colour = "#ef4444" if row.get("agrees") is False else "#22c55e"
+        out.append(f'<rect x="{left + 18 * i + 3}" y="{top:.1f}" width="12" height="{height - bottom - top:.1f}" '
+                   f'fill="{colour}"><title>{esc(row["key"])} ({esc(row["class"])}): '
+                   f"{esc(tables.format_error(err))}</title></rect>")
+    out.append("</svg>")
+    return "".join(out)
 
 
 def render_failure(name: str, f: dict) -> str:

@@ -32,6 +32,7 @@ def render(report: dict) -> str:
     lines += render_compile_failures(cells)
     lines += render_timings(cells)
     lines += render_save_matrix(cells)
+    lines += render_localized(cells)
     lines += render_failures(cells)
     return "\n".join(lines) + "\n"
 
@@ -128,6 +129,29 @@ def render_save_matrix(cells: list[dict]) -> list[str]:
     for case, source, results in rows:
         lines.append(f"| `{escape(case)}` | {source} | "
                      + " | ".join(tables.STATUS_MARKS.get(results.get(col, ""), "—") for col in columns) + " |")
+    return lines
+
+
+def render_localized(cells: list[dict]) -> list[str]:
+    found = tables.localized(cells)
+    if not found:
+        return []
+    lines = ["", "## Localized divergences", "",
+             "Where each mismatching cell first departs from the reference, layer by layer in the "
+             "reference's order (max abs errors; growth: the output's error over its inputs').", ""]
+    for d in found:
+        lines.append(f"- `{escape(d.case)}` [{d.cell}] {d.check}: {escape(d.summary)}")
+        if d.reproducer:
+            lines.append(f"  - reproduce: `{escape(d.reproducer)}`")
+        lines += ["", "  | layer | class | output shape | inputs err | output err | growth |",
+                  "  |---|---|---|---|---|---|"]
+        for row in d.layers:
+            lines.append(f"  | `{escape(row['key'])}` | {escape(row['class'])} | {tuple(row['shape'])} | "
+                         f"{tables.format_error(row.get('inputs_err'))} | {tables.format_error(row.get('output_err'))} "
+                         f"| {row['growth']} |")
+        if d.more:
+            lines.append(f"  | ... {d.more} more layers in parity.json | | | | | |")
+        lines.append("")
     return lines
 
 

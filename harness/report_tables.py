@@ -210,6 +210,10 @@ def format_figure(value: float | None, unit: str) -> str:
     return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.2f} s"
 
 
+def format_error(value: float | None) -> str:
+    return "" if value is None else "0" if value == 0 else f"{value:.2g}"
+
+
 def save_matrix(cells: list[dict]) -> tuple[list[str], list[tuple[str, str, dict[str, str]]]]:
     """`.keras` files saved under one cell and loaded under another: loader columns and
     rows of (case, saved under, {loader: status})."""
@@ -242,3 +246,47 @@ def coverage(cells: list[dict]) -> tuple[list[str], list[dict]]:
             if c["status"] not in ("pass", "skip"):
                 row["diverging"][c["backend"]].add(api.rsplit(".", 1)[-1])
     return backends, [rows[k] for k in sorted(rows)]
+
+
+LAYER_ROWS = 40  # of a localized divergence's per-layer table; the rest in parity.json
+
+
+@dataclasses.dataclass
+class Localized:
+    case: str
+    cell: str
+    check: str
+    summary: str  # the layer, the outlier, the cause, in one sentence
+    reproducer: str | None  # the command that reproduces it
+    layers: list[dict]  # per layer: layer, class, shape, inputs_err, output_err, growth
+    more: int  # layers left out of `layers`
+    first_key: str | None  # the call of the first diverging layer
+
+
+def growth(row: dict) -> str:
+    """How a layer changes the error it receives: `new` where its inputs agree exactly and its
+    output does not, `x12` its output's error over its inputs', `-` where both are nil."""
+    inputs, output = row.get("inputs_err"), row.get("output_err")
+    if inputs is None or output is None:
+        return "missing here" if row.get("missing") else "-"
+    if output == 0:
+        return "-"
+    if inputs == 0:
+        return "new"
+    return f"x{output / inputs:.3g}"
+
+
+def localized(cells: list[dict]) -> list[Localized]:
+    """Every cell whose divergence was localized, with its per-layer table."""
+    found = []
+    for c in cells:
+        for check in ("outputs", "train"):
+            localization = c.get("checks", {}).get(check, {}).get("localization")
+            if not localization or not localization.get("layers"):
+                continue
+            first = localization.get("first_divergence", {})
+            rows = [{**row, "growth": growth(row)} for row in localization["layers"]]
+            found.append(Localized(c["case"], c["cell"], check, localization.get("summary", ""),
+                                   (first.get("reproducer") or {}).get("command"), rows[:LAYER_ROWS],
+                                   max(0, len(rows) - LAYER_ROWS), first.get("call", first.get("layer"))))
+    return found
