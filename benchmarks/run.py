@@ -16,6 +16,13 @@
    against itself, at the stated rate and two higher ones, and how often a KS test on the
    pooled values of one call does. Goal: at or under the stated rate.
 
+5. The cost of localizing a divergence: a 12-layer convnet whose bicubic `Resizing` makes JAX's
+   and torch's outputs mismatch, run in a warm session with the localization and without it
+   (TensorFlow the reference; jit off, and JAX with jit). Printed: the case's extra wall time,
+   and per mismatching cell the tapped run against the cell's own first inference, the layer
+   alone, and the reproducer (written, then checked in a fresh process). Goal: the tapped runs
+   cost at most two inferences per cell; the reproducer's fresh process comes on top.
+
 Every figure is the median of several runs; ratios are given where machine noise matters.
 """
 
@@ -200,8 +207,55 @@ def print_false_alarms(args) -> None:
               f"the stated rate)")
 
 
+def localize_run(localize: bool, repeat: int) -> tuple[float, dict[str, dict]]:
+    """The bicubic convnet in a session whose workers are warm (a first case ran): its wall
+    time, and each cell's timings."""
+    import cases
+
+    plan = plan_cells("all", "cpu", "both", None)
+    wanted = {Cell.parse(c) for c in ("tensorflow-cpu-nojit", "jax-cpu-nojit", "jax-cpu-jit", "torch-cpu-nojit")}
+    with tempfile.TemporaryDirectory() as folder:
+        session = ParitySession(plan, timeout=300, log_dir=folder, report_dir=folder)
+        if not localize:
+            session.localize = lambda *args: None
+        try:
+            session.record(cases.mlp_8, CaseRef.from_module("warm::mlp_8", cases, "mlp_8"), min(wanted), wanted)
+            ref = CaseRef.from_module(f"bench{repeat}::convnet_bicubic", cases, "convnet_bicubic")
+            t0 = time.perf_counter()
+            records = {c.id: session.record(cases.convnet_bicubic, ref, c, wanted) for c in sorted(wanted)}
+            return time.perf_counter() - t0, {k: r["timings"] for k, r in records.items()}
+        finally:
+            session.close()
+
+
+def print_localize(args) -> None:
+    runs = {flag: [localize_run(flag, i) for i in range(args.repeats)] for flag in (True, False)}
+    walls = {flag: [wall for wall, _ in found] for flag, found in runs.items()}
+    extra = statistics.median(walls[True]) - statistics.median(walls[False])
+    print(f"localizing a 12-layer convnet's divergence in 3 mismatching cells: the case takes "
+          f"{statistics.median(walls[True]):.1f} s with it, {statistics.median(walls[False]):.1f} s without "
+          f"(medians of {args.repeats}): {extra:.1f} s more")
+    timings = [t for _, t in runs[True]]
+
+    def median(cell, key):
+        values = [t[cell].get(key) for t in timings if t[cell].get(key) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    for cell, prefix in (("tensorflow-cpu-nojit", "localize_reference_"), ("jax-cpu-nojit", "localize_"),
+                         ("jax-cpu-jit", "localize_"), ("torch-cpu-nojit", "localize_")):
+        taps, first = median(cell, prefix + "taps_s"), median(cell, "predict_first_s")
+        line = (f"  {cell}{' (the reference, once per case)' if 'reference' in prefix else ''}: the model "
+                f"rebuilt with the weights {median(cell, prefix + 'setup_s') * 1000:.0f} ms (the cell's own build "
+                f"{median(cell, 'build_s') * 1000:.0f} ms), the tapped run {taps * 1000:.0f} ms (the cell's own "
+                f"first inference {first * 1000:.0f} ms: ratio {taps / first:.2f})")
+        if "reference" not in prefix:
+            line += (f", the layer alone {median(cell, 'localize_local_s') * 1000:.0f} ms, the reproducer "
+                     f"{median(cell, 'localize_reproducer_s'):.1f} s")
+        print(line)
+
+
 BENCHMARKS = {"overhead": print_overhead, "wall": print_wall, "weights": print_weights,
-              "false_alarms": print_false_alarms}
+              "false_alarms": print_false_alarms, "localize": print_localize}
 
 
 def main() -> None:

@@ -70,6 +70,8 @@ class Localization:
             return {"error": f"the weights to localize with lack {', '.join(missing[:3])}"}
         for v in model.weights:
             v.assign(np.array(weights[v.path]))
+        self.seconds["setup_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         training_mode = bool(request.get("training"))
         with training.run_as_at_inference(training.random_layers(model) if training_mode else []):
             recorder, results, as_asked = taps.run_tapped(model, backend_tensors(inputs), jit=self.jit,
@@ -226,7 +228,8 @@ def judge(records: dict[Cell, dict], check: str, reference: Cell, cells: list[Ce
         seconds = reply.get("seconds", {})
         records[cell]["timings"].update({f"localize_{k}": v for k, v in seconds.items()})
     if reference in records and reference_reply.get("seconds"):
-        records[reference]["timings"]["localize_reference_taps_s"] = reference_reply["seconds"]["taps_s"]
+        records[reference]["timings"].update(
+            {f"localize_reference_{k}": v for k, v in reference_reply["seconds"].items()})
 
 
 def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, outlier_name: str | None,

@@ -241,13 +241,14 @@ def render_localized(cells: list[dict]) -> str:
         return ""
     parts = ["<h2>Localized divergences</h2><p>Where each mismatching cell first departs from the reference, "
              "layer by layer in the reference's order (max abs errors; growth: the output's error over its "
-             "inputs'). The chart: each layer's output error, log scale.</p>"]
+             "inputs'; output: within the case's tolerance of the reference's or not). The chart: each layer's output error, log scale.</p>"]
     for i, d in enumerate(found, 1):
         rows = "".join(
             (FIRST_ROW if row["key"] == d.first_key else "<tr>")
             + f"<td><code>{esc(row['key'])}</code></td><td>{esc(row['class'])}</td><td>{esc(tuple(row['shape']))}</td>"
             f"<td>{esc(tables.format_error(row.get('inputs_err')))}</td>"
-            f"<td>{esc(tables.format_error(row.get('output_err')))}</td><td>{esc(row['growth'])}</td></tr>"
+            f"<td>{esc(tables.format_error(row.get('output_err')))}</td><td>{esc(row['growth'])}</td>"
+            f"<td>{'departs first' if row['key'] == d.first_key else esc(row['verdict'])}</td></tr>"
             for row in d.layers)
         more = f'<p class="muted">{d.more} more layers in parity.json</p>' if d.more else ""
         reproduce = f"<p>Reproduce: <code>{esc(d.reproducer)}</code></p>" if d.reproducer else ""
@@ -255,7 +256,7 @@ def render_localized(cells: list[dict]) -> str:
                      f"[{esc(d.cell)}] {esc(d.check)}</h3><p>{esc(d.summary)}</p>{reproduce}"
                      f'<div class="chart">{error_chart(d.layers)}</div>'
                      f"<table><thead><tr><th>layer</th><th>class</th><th>output shape</th><th>inputs err</th>"
-                     f"<th>output err</th><th>growth</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>")
+                     f"<th>output err</th><th>growth</th><th>output</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>")
     return "".join(parts)
 
 

@@ -138,19 +138,21 @@ def render_localized(cells: list[dict]) -> list[str]:
         return []
     lines = ["", "## Localized divergences", "",
              "Where each mismatching cell first departs from the reference, layer by layer in the "
-             "reference's order (max abs errors; growth: the output's error over its inputs').", ""]
+             "reference's order (max abs errors; growth: the output's error over its inputs'; output: "
+             "within the case's tolerance of the reference's or not).", ""]
     for d in found:
         lines.append(f"- `{escape(d.case)}` [{d.cell}] {d.check}: {escape(d.summary)}")
         if d.reproducer:
             lines.append(f"  - reproduce: `{escape(d.reproducer)}`")
-        lines += ["", "  | layer | class | output shape | inputs err | output err | growth |",
-                  "  |---|---|---|---|---|---|"]
+        lines += ["", "  | layer | class | output shape | inputs err | output err | growth | output |",
+                  "  |---|---|---|---|---|---|---|"]
         for row in d.layers:
+            mark = "**departs first**" if row["key"] == d.first_key else row["verdict"]
             lines.append(f"  | `{escape(row['key'])}` | {escape(row['class'])} | {tuple(row['shape'])} | "
                          f"{tables.format_error(row.get('inputs_err'))} | {tables.format_error(row.get('output_err'))} "
-                         f"| {row['growth']} |")
+                         f"| {row['growth']} | {mark} |")
         if d.more:
-            lines.append(f"  | ... {d.more} more layers in parity.json | | | | | |")
+            lines.append(f"  | ... {d.more} more layers in parity.json | | | | | | |")
         lines.append("")
     return lines
 

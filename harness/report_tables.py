@@ -258,7 +258,7 @@ class Localized:
     check: str
     summary: str  # the layer, the outlier, the cause, in one sentence
     reproducer: str | None  # the command that reproduces it
-    layers: list[dict]  # per layer: layer, class, shape, inputs_err, output_err, growth
+    layers: list[dict]  # per layer: layer, class, shape, inputs_err, output_err, growth, verdict
     more: int  # layers left out of `layers`
     first_key: str | None  # the call of the first diverging layer
 
@@ -276,6 +276,11 @@ def growth(row: dict) -> str:
     return f"x{output / inputs:.3g}"
 
 
+def verdict(row: dict) -> str:
+    """Whether the layer's output is within the case's tolerance of the reference's."""
+    return "missing here" if row.get("missing") else "agrees" if row.get("agrees") else "departs"
+
+
 def localized(cells: list[dict]) -> list[Localized]:
     """Every cell whose divergence was localized, with its per-layer table."""
     found = []
@@ -285,7 +290,7 @@ def localized(cells: list[dict]) -> list[Localized]:
             if not localization or not localization.get("layers"):
                 continue
             first = localization.get("first_divergence", {})
-            rows = [{**row, "growth": growth(row)} for row in localization["layers"]]
+            rows = [{**row, "growth": growth(row), "verdict": verdict(row)} for row in localization["layers"]]
             found.append(Localized(c["case"], c["cell"], check, localization.get("summary", ""),
                                    (first.get("reproducer") or {}).get("command"), rows[:LAYER_ROWS],
                                    max(0, len(rows) - LAYER_ROWS), first.get("call", first.get("layer"))))

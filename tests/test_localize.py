@@ -153,6 +153,7 @@ def test_a_loss_that_departs_after_an_agreeing_forward_pass_is_said(run):
     for cell in ("jax-cpu-nojit", "torch-cpu-nojit"):
         train = run.cell("saturated_sigmoid", cell)["checks"]["train"]
         assert train["first_divergence"]["step"] == 1 and train["first_divergence"]["quantity"] == "loss"
+        assert train["first_divergence"]["outlier"] == "tensorflow (the reference)", train["first_divergence"]
         assert train["first_divergence"]["forward"]["in"] == "the loss", train["first_divergence"]
         assert all(row["agrees"] for row in train["localization"]["layers"]), train["localization"]
         assert "the forward pass of the step agrees layer by layer" in train["message"]
@@ -176,7 +177,7 @@ def test_reports_show_each_localized_divergence_layer_by_layer(run):
     markdown = (run.path / "reports" / "parity.md").read_text()
     section = markdown[markdown.index("## Localized divergences"):]
     assert "`test_localize_cases.py::convnet_with_bicubic_resize` [torch-cpu-nojit] outputs: diverges first" in section
-    assert "| `resizing` | Resizing | (2, 12, 12, 4) | 0 |" in section and "| new |" in section
+    assert "| `resizing` | Resizing | (2, 12, 12, 4) | 0 |" in section and "| new | **departs first** |" in section
     page = (run.path / "reports" / "parity.html").read_text()
     assert page.count('aria-label="error by layer"') == len(
         [c for c in run.report["cells"] for check in c["checks"].values() if check.get("localization", {}).get("layers")])
