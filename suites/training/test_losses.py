@@ -221,6 +221,16 @@ def masked_timesteps():
     return model
 
 
+def three_class_logits():
+    """A linear classifier of three classes, trained on its logits."""
+    import keras
+
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
 @harness.parity_case(
     inputs=lambda rng: rng.normal(size=(BATCH, FEATURES)).astype("float32"),
     targets=lambda rng: rng.integers(0, 3, size=(BATCH,)).astype("int32"),
@@ -228,12 +238,7 @@ def masked_timesteps():
     checks=TRAIN, skip=TORCH_COMPILE_BUDGET, covers=["keras.losses.SparseCategoricalCrossentropy"])
 def sample_weighted():
     """Per-sample weights (one of them zero) scale each sample's loss."""
-    import keras
-
-    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.SGD(0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    return three_class_logits()
 
 
 @harness.parity_case(
@@ -243,12 +248,7 @@ def sample_weighted():
     checks=TRAIN, skip=TORCH_COMPILE_BUDGET, covers=["keras.losses.SparseCategoricalCrossentropy"])
 def class_weighted():
     """Class weights, one class weighted zero, as fit(class_weight=...) turns them into sample weights."""
-    import keras
-
-    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.SGD(0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    return three_class_logits()
 
 
 @harness.parity_case(
