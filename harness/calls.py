@@ -75,6 +75,24 @@ def build_object(obj, kind: str, inputs) -> None:
         obj(inputs)
 
 
+def fresh_torch_compiler() -> int:
+    """Empty dynamo's caches, as a fresh process has them, and return the graphs compiled so
+    far. Dynamo keeps compiled frames and recompile counts per code object for the whole
+    process, and past `recompile_limit` (8) recompiles of one of Keras' own frames runs it
+    eagerly from then on: each torch jit job starts from an empty cache."""
+    import torch
+
+    torch._dynamo.reset()
+    return torch_graphs_compiled()
+
+
+def torch_graphs_compiled() -> int:
+    """Graphs dynamo has handed to its backend in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def wrap_layer(layer, inputs):
     """A built layer inside a functional keras.Model of the inputs' exact shapes, so jit on/off,
     training, saving and export go through Keras' own paths, and the file needs no wrapper class."""

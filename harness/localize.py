@@ -54,9 +54,12 @@ class Localization:
 
     def run(self) -> dict:
         from harness import taps, training
-        from harness.calls import backend_tensors, build_object, kind_of, load_case, make_object, wrap_layer
+        from harness.calls import (backend_tensors, build_object, fresh_torch_compiler, kind_of, load_case,
+                                   make_object, torch_graphs_compiled, wrap_layer)
 
         request = self.request
+        torch_jit = self.backend == "torch" and self.jit
+        graphs_before = fresh_torch_compiler() if torch_jit else None
         t0 = time.perf_counter()
         case = load_case(request["case"])
         inputs = arrays.load_tree(request["inputs"])
@@ -77,6 +80,8 @@ class Localization:
             recorder, results, as_asked = taps.run_tapped(model, backend_tensors(inputs), jit=self.jit,
                                                           training=training_mode)
         self.seconds["taps_s"] = time.perf_counter() - t0
+        if torch_jit and torch_graphs_compiled() == graphs_before:
+            as_asked = False  # dynamo ran the tapped step eagerly
         path = os.path.join(request["out_dir"], "taps.npz")
         arrays.save_tree(path, results)
         reply = {"file": path, "calls": [{"key": c.key, "class": type(c.layer).__name__,
@@ -245,7 +250,8 @@ def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, ou
     localization = {"layers": reply.get("layers", []), "compared_with": reference.id, "tapped": (
         TAPPED_UNDER_COMPILER if cell.jit else "tapped without a compiler, as the cell runs")}
     if not reply.get("compiled_as_asked", True):
-        localization["tapped"] = "Keras refused jit for the tapped model: tapped without a compiler"
+        localization["tapped"] = ("the tapped model ran without a compiler (Keras refused jit for it, or dynamo "
+                                  "compiled no graph of it)")
     if outlier_name:
         first["outlier"] = outlier_name
     if cell.jit and sibling_agrees:

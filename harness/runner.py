@@ -15,19 +15,12 @@ import time
 import numpy as np
 
 from harness import arrays, classify, compile_cache, memory
-from harness.calls import (backend_jit, build_object, call_function, kind_of, load_case, make_object, results_of,
-                           to_numpy_tree, wrap_layer)
+from harness.calls import (backend_jit, build_object, call_function, fresh_torch_compiler, kind_of, load_case,
+                           make_object, results_of, to_numpy_tree, torch_graphs_compiled, wrap_layer)
 from harness.cells import Cell
 from harness.checks import build, export, outputs, rng, save, train
 from harness.statuses import ERROR, SKIP
 from harness.steps import StepFailed
-
-
-def torch_graphs_compiled() -> int:
-    """Graphs dynamo has handed to its backend in this process so far."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
 
 
 def cpu_seconds() -> float:
@@ -101,14 +94,7 @@ class CellRun:
             memory.reset_gpu_peak(self.backend)
         graphs_before = None
         if self.backend == "torch" and self.cell.jit:
-            # Dynamo keeps compiled frames and recompile counts per code object for the whole
-            # process, and past `recompile_limit` (8) recompiles of one of Keras' own frames runs
-            # it eagerly from then on: each jit cell starts from an empty cache, as a fresh
-            # process does, and counts the graphs it compiles.
-            import torch
-
-            torch._dynamo.reset()
-            graphs_before = torch_graphs_compiled()
+            graphs_before = fresh_torch_compiler()
         cache_hits_before = compile_cache.hits(self.backend)
         cpu_before = cpu_seconds()
         try:
