@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.cells import BACKENDS
 from harness.statuses import MISMATCH, PASS
 
 #: dtype name -> (rtol, atol). Across backends, kernels differ (oneDNN, Eigen, XLA, ATen),
@@ -234,9 +235,6 @@ def compare_weight_sets(reference: dict[str, np.ndarray], got: dict[str, np.ndar
     return result
 
 
-BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
-
-
 def leaves_error(reference: list, got: list, rtol: float | None, atol: float | None) -> tuple[float, bool]:
     """The worst absolute error over paired arrays, and whether all are within tolerance and of
     the reference's dtypes."""
@@ -267,7 +265,7 @@ def outlier(values: dict, cell, reference, rtol: float | None, atol: float | Non
     cell otherwise (`jax-cpu-jit`: a compiler); with more groups, or two of one size, no one
     does. Returns the outlier, or None, and the groups as cell ids."""
     def order(c):
-        return (c != reference, BACKEND_ORDER.get(c.backend, 9), c.backend, c.device, c.jit)
+        return (c != reference, BACKENDS.index(c.backend), c.device, c.jit)
 
     groups: list[list] = []
     for other in sorted(values, key=order):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 import traceback
 
@@ -175,8 +176,6 @@ class Localization:
             return {"written": False, "why": f"the piece could not be saved: {type(exc).__name__}: {exc}"[:300]}
         verdict = reproducer.check(folder, self.jit)
         if not verdict.get("reproduces"):
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
             return {"written": False, "why": verdict.get("why") or (
                 f"in a fresh process the piece agreed with the reference (max abs err {verdict['max_abs_err']:.3g})")}
