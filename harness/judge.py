@@ -10,7 +10,8 @@ failing check its own failure record, and applies the case's declarations.
 from __future__ import annotations
 
 from harness import checks as all_checks
-from harness import classify, report_tables
+from harness import classify
+from harness.report import tables as report_tables
 from harness.case import Case
 from harness.cells import Cell, CellPlan
 from harness.pool import WorkerPool

@@ -19,8 +19,8 @@ import pytest
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
 from harness import compile_cache, machine
-from harness import gate as gate_rules
-from harness import report_tables
+from harness.report import gate as gate_rules
+from harness.report import tables as report_tables
 from harness.report import ReportError, ReportWriter, read_report
 from harness.session import CaseRef, ParitySession
 from harness.statuses import PASS, SKIP, XFAIL

@@ -17,7 +17,8 @@ import shutil
 import sys
 import tempfile
 
-from harness import arrays, localize
+from harness import arrays
+from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
 from harness.judge import Judge

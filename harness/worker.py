@@ -93,7 +93,7 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
-    from harness import localize
+    from harness.localize import run as localize
     from harness.checks.export import reload_exports
     from harness.checks.save import load_saved_models
     from harness.runner import CellRun

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import report_html
+from harness.report import html as report_html
 from tests.conftest import run_pytest, write_module
 
 INJECTED = '<img src=x onerror="document.title=1"><script>document.title="pwned"</script>'

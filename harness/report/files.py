@@ -111,7 +111,7 @@ def merge_reports(paths: list[str]) -> dict:
 def write_report(report: dict, out: str) -> str:
     """Write parity.json, parity.md and parity.html into `out` (a folder, or a path ending in
     .json, whose stem the other two share)."""
-    from harness import report_html, report_markdown
+    from harness.report import html as report_html, markdown as report_markdown
 
     folder, name = (os.path.dirname(out) or ".", os.path.basename(out)) if out.endswith(".json") else (out, "parity.json")
     os.makedirs(folder, exist_ok=True)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
 
 
 def run_gate(args) -> int:
-    from harness import gate
+    from harness.report import gate
 
     try:
         report, baseline = read_report(args.report), read_report(args.baseline)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import report_tables as tables
+from harness.report import tables
 
 MESSAGE_CHARS = 300  # the full message is in parity.json and parity.html
 

@@ -11,7 +11,7 @@ import html
 import json
 import math
 
-from harness import report_tables as tables
+from harness.report import tables
 
 STATUS_COLOURS = {
     "pass": "#d7f5dd", "xfail": "#e8e8e8", "skip": "#f4f4f4", "mismatch": "#ffd6d6",
