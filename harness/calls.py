@@ -93,6 +93,44 @@ def torch_graphs_compiled() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def variable_keys(variables) -> list[str]:
+    """Each variable's key across cells: its path, and where a path repeats (two variables
+    given one name in one layer, as keras-hub's T5 does with its encoder's and decoder's
+    relative-attention bias), its rank in order of appearance (`layer/bias#2`), which every
+    backend builds alike."""
+    seen: dict[str, int] = {}
+    keys = []
+    for v in variables:
+        seen[v.path] = seen.get(v.path, 0) + 1
+        keys.append(v.path if seen[v.path] == 1 else f"{v.path}#{seen[v.path]}")
+    return keys
+
+
+def repeated_paths(variables) -> list[str]:
+    """The paths held by more than one variable, for the note that says they were ranked."""
+    paths = [v.path for v in variables]
+    return sorted({p for p in paths if paths.count(p) > 1})
+
+
+def weights_by_key(variables) -> dict[str, np.ndarray]:
+    """The variables' values as NumPy, by `variable_keys`."""
+    import keras
+
+    return {key: np.array(keras.ops.convert_to_numpy(v.value)) for key, v in zip(variable_keys(variables), variables)}
+
+
+def assign_by_key(variables, weights: dict[str, np.ndarray], cast=None) -> list[str]:
+    """Assign `weights` by `variable_keys` (cast to `cast` where given); returns the keys it
+    lacks, and then assigns nothing."""
+    keys = variable_keys(variables)
+    missing = [key for key in keys if key not in weights]
+    if not missing:
+        for key, v in zip(keys, variables):
+            value = np.array(weights[key])  # out of the read-only memory map
+            v.assign(value.astype(cast) if cast is not None and value.dtype.kind == "f" else value)
+    return missing
+
+
 def wrap_layer(layer, inputs):
     """A built layer inside a functional keras.Model of the inputs' exact shapes, so jit on/off,
     training, saving and export go through Keras' own paths, and the file needs no wrapper class."""

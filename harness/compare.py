@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.cells import BACKENDS
-from harness.statuses import MISMATCH, PASS
+from harness.statuses import MISMATCH, PASS, SKIP
 
 #: dtype name -> (rtol, atol). Across backends, kernels differ (oneDNN, Eigen, XLA, ATen),
 #: so float32 allows ~8x torch.testing's rtol; half precisions follow torch.testing.
@@ -53,9 +53,16 @@ def compare_variables(reference: list[dict], got: list[dict]) -> dict:
     return result
 
 
+OWN_SCALE = " (at the values' own scale)"
+
+
 def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, dtype: str,
-                   rtol: float | None, atol: float | None) -> dict:
-    """Compare one output; returns the error figures and, when off, where the worst one is."""
+                   rtol: float | None, atol: float | None, *, own_scale: bool = False) -> dict:
+    """Compare one output; returns the error figures and, when off, where the worst one is.
+
+    With `own_scale`, values whose largest magnitude is below `atol` (which would pass whatever
+    they are) are compared at their own scale instead: `atol` becomes `rtol` times that largest
+    magnitude, and the record says so (`compared_at`)."""
     rtol, atol = tolerance(dtype, rtol, atol)
     base = {"output": name, "dtype": dtype, "rtol": rtol, "atol": atol}
     if ref.shape != got.shape:
@@ -66,6 +73,14 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, dtype: str,
     ref_f, got_f = ref.astype(np.float64), got.astype(np.float64)
     both_nan = np.isnan(ref_f) & np.isnan(got_f)
     same_inf = np.isinf(ref_f) & (ref_f == got_f)
+    if own_scale and atol > 0:
+        finite = np.concatenate([ref_f[np.isfinite(ref_f)], got_f[np.isfinite(got_f)]])
+        magnitude = float(np.abs(finite).max()) if finite.size else 0.0
+        if 0 < magnitude < atol:
+            base.update(atol=rtol * magnitude, compared_at=(
+                f"the values' own scale: their largest magnitude {magnitude:.3g} is below atol={atol:g}, "
+                f"so atol is rtol x {magnitude:.3g}"))
+            atol = rtol * magnitude
     with np.errstate(invalid="ignore", over="ignore"):
         abs_err = np.where(both_nan | same_inf, 0.0, np.abs(got_f - ref_f))
         abs_err = np.where(np.isnan(abs_err), np.inf, abs_err)  # NaN on one side only
@@ -80,13 +95,16 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, dtype: str,
         "max_rel_err": float(rel_err.max()),
         "frac_mismatched": float(off.mean()),
     }
+    if "compared_at" in base:
+        result["max_scaled_err"] = result["max_abs_err"] / magnitude
     if off.any():
         result.update(
             worst_index=[int(i) for i in worst],
             worst_value=float(got_f[worst]),
             worst_reference=float(ref_f[worst]),
             message=(f"{name}: {int(off.sum())} of {off.size} elements "
-                     f"({100 * off.mean():.3g}%) beyond rtol={rtol:g}, atol={atol:g}; max abs "
+                     f"({100 * off.mean():.3g}%) beyond rtol={rtol:g}, atol={atol:g}"
+                     f"{OWN_SCALE if 'compared_at' in base else ''}; max abs "
                      f"err {result['max_abs_err']:.3g}, max rel err {result['max_rel_err']:.3g}; "
                      f"worst at {tuple(int(i) for i in worst)}: {float(got_f[worst]):.7g} vs "
                      f"reference {float(ref_f[worst]):.7g}"),
@@ -107,12 +125,16 @@ def compare_outputs(names: list[str], reference: list[np.ndarray], got: list[np.
             per_output.append({"output": name, "status": MISMATCH,
                                "message": f"{name}: dtype {dtype} (reference {ref_dtype})"})
             continue
-        per_output.append(compare_arrays(name, ref, mine, dtype, rtol, atol))
+        per_output.append(compare_arrays(name, ref, mine, dtype, rtol, atol, own_scale=True))
     result = {"status": PASS}
-    for key in ("max_abs_err", "max_rel_err", "frac_mismatched"):
+    for key in ("max_abs_err", "max_rel_err", "frac_mismatched", "max_scaled_err"):
         values = [o[key] for o in per_output if key in o]
         if values:
             result[key] = max(values)
+    scaled = [o["compared_at"] if len(per_output) == 1 else f"{o['output']}: {o['compared_at']}"
+              for o in per_output if "compared_at" in o]
+    if scaled:
+        result["compared_at"] = "; ".join(scaled)
     bad = [o for o in per_output if o["status"] != PASS]
     if bad:
         worst = max(bad, key=lambda o: o.get("max_abs_err", np.inf))
@@ -145,8 +167,9 @@ def compare_laws(name: str, reference: np.ndarray, got: np.ndarray) -> dict:
               "reference_mean": float(reference.mean()) if reference.size else None,
               "reference_std": float(reference.std()) if reference.size else None}
     if min(reference.size, got.size) < MIN_LAW_SAMPLES:
-        return {**result, "status": PASS,
-                "note": f"fewer than {MIN_LAW_SAMPLES} draws: too few to compare laws"}
+        return {**result, "status": SKIP, "not_compared": True,
+                "reason": f"{name}: {min(reference.size, got.size)} draws, fewer than the {MIN_LAW_SAMPLES} "
+                          f"a comparison of laws needs: nothing compared"}
     if np.ptp(reference) == 0 and np.ptp(got) == 0:
         same = reference[0] == got[0]
         return {**result, "status": PASS if same else MISMATCH,

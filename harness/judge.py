@@ -160,8 +160,10 @@ class Judge:
         if reference is not None and reference != self.plan.reference:
             record.setdefault("fallback_reference", {})[check] = reference.id
         if reference is None:
-            record["checks"][check] = {"status": SKIP, "not_compared": True, "reason": (
-                f"no cell got through {check} with the same initial weights: nothing to compare with")}
+            # A check that failed in this cell keeps its own failure: a skip would hide it.
+            if not is_failure(record["checks"][check].get("status", SKIP)):
+                record["checks"][check] = {"status": SKIP, "not_compared": True, "reason": (
+                    f"no cell got through {check} with the same initial weights: nothing to compare with")}
         elif reference != cell:
             record["checks"][check]["compared_with"] = reference.id
             return reference

@@ -12,10 +12,8 @@ import os
 import resource
 import time
 
-import numpy as np
-
 from harness import arrays, classify, compile_cache, memory
-from harness.calls import (backend_jit, build_object, call_function, fresh_torch_compiler, kind_of, load_case,
+from harness.calls import (assign_by_key, backend_jit, build_object, call_function, fresh_torch_compiler, kind_of, load_case,
                            make_object, results_of, to_numpy_tree, torch_graphs_compiled, wrap_layer)
 from harness.cells import Cell
 from harness.checks import build, export, outputs, rng, save, train
@@ -183,12 +181,7 @@ class CellRun:
     def load_reference_weights(self, obj) -> list[str]:
         """Assign the reference cell's weights by path; returns the paths it lacks (then
         nothing is assigned)."""
-        reference = arrays.load_weights(self.request["load_weights_from"])
-        missing = [v.path for v in obj.weights if v.path not in reference]
-        if not missing:
-            for v in obj.weights:
-                v.assign(np.array(reference[v.path]))  # out of the read-only memory map
-        return missing
+        return assign_by_key(obj.weights, arrays.load_weights(self.request["load_weights_from"]))
 
     # -- services the checks call --------------------------------------------------------
 

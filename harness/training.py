@@ -26,7 +26,7 @@ import time
 import keras
 import numpy as np
 
-from harness.calls import backend_tensors, synchronize
+from harness.calls import assign_by_key, backend_tensors, synchronize, variable_keys, weights_by_key
 
 LEARNING_RATE = 0.01
 COMPILE_KEYS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
@@ -271,7 +271,7 @@ def gradients(model, backend: str, data: TrainingData) -> list[np.ndarray]:
 # -- the steps -----------------------------------------------------------------------------
 
 def weights_of(model) -> dict[str, np.ndarray]:
-    return {v.path: np.array(keras.ops.convert_to_numpy(v.value)) for v in model.weights}
+    return weights_by_key(model.weights)
 
 
 def optimizer_state(optimizer) -> dict[str, np.ndarray]:
@@ -307,11 +307,10 @@ class StepRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.frozen is not None:
-            for v in self.model.weights:
-                v.assign(self.frozen[v.path])
+            assign_by_key(self.model.weights, self.frozen)
         if self.with_gradients:
             grads = gradients(self.model, self.backend, self.data)
-            self.pending = {f"gradient/{v.path}": g for v, g in zip(self.model.trainable_variables, grads)}
+            self.pending = {f"gradient/{key}": g for key, g in zip(variable_keys(self.model.trainable_variables), grads)}
         else:
             self.pending = {}
         self.started = time.perf_counter()

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from harness import arrays, classify, compare
+from harness.calls import repeated_paths, variable_keys, weights_by_key
 from harness.statuses import ERROR, PASS, worst
 from harness.steps import StepFailed
 
@@ -26,8 +25,8 @@ def variables(obj, kind: str) -> list[dict]:
     if kind == "function":
         return []
     return [
-        {"path": v.path, "shape": list(v.shape), "dtype": str(v.dtype), "trainable": bool(v.trainable)}
-        for v in obj.weights
+        {"path": key, "shape": list(v.shape), "dtype": str(v.dtype), "trainable": bool(v.trainable)}
+        for key, v in zip(variable_keys(obj.weights), obj.weights)
     ]
 
 
@@ -76,17 +75,12 @@ def exchange_weights(ctx, obj, kind: str) -> None:
     own (their law is compared in the rng check) and loads the reference's."""
     if kind == "function":
         return
-    import keras
-
-    own = {v.path: np.asarray(keras.ops.convert_to_numpy(v.value)) for v in obj.weights}
+    own = weights_by_key(obj.weights)
     save_to, load_from = ctx.request.get("save_weights_to"), ctx.request.get("load_weights_from")
+    if repeated := repeated_paths(obj.weights):
+        ctx.notes.append(f"variables share a path ({', '.join(repeated[:3])}{' ...' if len(repeated) > 3 else ''}): "
+                         f"they are matched across cells by path and order of appearance ('#2' for the second)")
     if save_to:
-        paths = [v.path for v in obj.weights]
-        duplicated = sorted({p for p in paths if paths.count(p) > 1})
-        if duplicated:
-            raise ValueError(
-                f"variable paths {duplicated} occur more than once, so weights cannot be "
-                f"matched across backends by path; give the variables distinct names")
         arrays.save_weights(save_to, own)
     if load_from:
         arrays.save_weights(os.path.join(ctx.out_dir, "initial_weights.npz"), own)

@@ -39,7 +39,7 @@ class Localization:
     def run(self) -> dict:
         from harness import training
         from harness.localize import taps
-        from harness.calls import (backend_tensors, build_object, fresh_torch_compiler, kind_of, load_case,
+        from harness.calls import (assign_by_key, backend_tensors, build_object, fresh_torch_compiler, kind_of, load_case,
                                    make_object, torch_graphs_compiled, wrap_layer)
 
         request = self.request
@@ -52,12 +52,9 @@ class Localization:
         kind = kind_of(obj)
         build_object(obj, kind, inputs)
         model = obj if kind == "model" else wrap_layer(obj, inputs)
-        weights = arrays.load_weights(request["weights"])
-        missing = [v.path for v in model.weights if v.path not in weights]
+        missing = assign_by_key(model.weights, arrays.load_weights(request["weights"]))
         if missing:
             return {"error": f"the weights to localize with lack {', '.join(missing[:3])}"}
-        for v in model.weights:
-            v.assign(np.array(weights[v.path]))
         self.seconds["setup_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         training_mode = bool(request.get("training"))

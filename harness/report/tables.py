@@ -65,13 +65,16 @@ CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "
 
 def check_marks(record: dict) -> str:
     """The matrix's per-check summary of a cell: `B✓ O✓ 2.1e-07 T✓ S✗ E·` (✓ passed, ≠
-    mismatched, ✗ failed, · skipped or not run), the outputs error beside O."""
+    mismatched, ✗ failed, · skipped or not run), the outputs error beside O (relative to the
+    values' largest magnitude, `rel`, where they were compared at their own scale)."""
     marks = []
     checks = record.get("checks", {})
     for name in sorted(checks, key=lambda n: list(CHECK_LETTERS).index(n) if n in CHECK_LETTERS else 99):
         check = checks[name]
         mark = CHECK_LETTERS.get(name, name) + CHECK_MARKS.get(check.get("status"), "?")
-        if name == "outputs" and check.get("max_abs_err"):
+        if name == "outputs" and "max_scaled_err" in check:  # tiny values, compared at their own scale
+            mark += f" {check['max_scaled_err']:.1e} rel"
+        elif name == "outputs" and check.get("max_abs_err"):
             mark += f" {check['max_abs_err']:.1e}"
         marks.append(mark)
     return " ".join(marks)
