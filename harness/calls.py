@@ -45,13 +45,16 @@ def load_case(case_ref: dict):
     return case.bind(case_ref["param"]) if case_ref.get("param") is not None else case
 
 
-def make_object(case, seed: int):
-    """The case's object, built by its factory in a fresh Keras session seeded as every cell is."""
+def make_object(case, seed: int, dtype_policy: str | None = None):
+    """The case's object, built by its factory in a fresh Keras session seeded as every cell is
+    (under `dtype_policy` where given: the session's own is cleared with it)."""
     import keras
 
     # Variable paths must not carry name counters. No gc.collect() (free_memory): on a
     # worker holding torch.compile caches it costs a second per cell; Python collects anyway.
     keras.backend.clear_session(free_memory=False)
+    if dtype_policy is not None:
+        keras.config.set_dtype_policy(dtype_policy)
     keras.utils.set_random_seed(seed)
     return case.factory()
 

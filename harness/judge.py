@@ -23,7 +23,8 @@ CRASH_HINT = ("the worker process died in this cell (a segfault in native code, 
               "this backend ran in a fresh worker")
 TIMEOUT_HINT = ("raise --keras-timeout if the cell is only slow (torch.compile can take "
                 "minutes on CPU), or look for a hang in the log tail")
-INTERNAL_KEYS = ("variables", "file", "dtypes", "random", "draws", "draws_advance", "eager_draws_advance", "kind")
+INTERNAL_KEYS = ("variables", "file", "targets_file", "dtypes", "random", "draws", "draws_advance",
+                 "eager_draws_advance", "kind", "arbitrable")
 
 
 class Judge:
@@ -33,6 +34,12 @@ class Judge:
         self.plan = plan
         self.pool = pool
         self.wanted = wanted
+        # check -> the cells whose values failed its plain tolerance: the float64 arbiter's work
+        self.to_arbitrate: dict[str, set[Cell]] = {}
+
+    def arbitrate(self, check: str, cell: Cell) -> None:
+        """Ask for the float64 arbiter on `check`: this cell's values failed the plain tolerance."""
+        self.to_arbitrate.setdefault(check, set()).add(cell)
 
     # -- records without a reply -------------------------------------------------------
 

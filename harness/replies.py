@@ -24,6 +24,7 @@ class CaseReplies:
     loaded: dict[Cell, Outcome] = dataclasses.field(default_factory=dict)
     reloaded: Outcome | None = None
     weights_from: Cell | None = None  # the cell whose initial weights the others loaded
+    arbiter: dict = dataclasses.field(default_factory=dict)  # check -> harness.arbiter.verdict.Evidence
 
     def reply(self, cell: Cell) -> dict | None:
         outcome = self.outcomes.get(cell)

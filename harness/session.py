@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 from harness import arrays
+from harness.arbiter.verdict import NUDGED_RUNS, Evidence
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
@@ -165,9 +166,42 @@ class ParitySession:
         self.run_cross_checks(replies, common, case_dir)
 
         records = {cell: judge.cell_record(cell, replies) for cell in runnable}
+        if judge.to_arbitrate:  # values beyond the plain tolerance: judged again against float64
+            self.arbitrate(judge, replies, {**common, "weights": weights_path, "sample_weight": sample_weight_path},
+                           case_dir, runnable)
+            records = {cell: judge.cell_record(cell, replies) for cell in runnable}
         self.localize(case, case_ref, judge, records, replies, {**common, "weights": weights_path}, case_dir)
         for cell, record in records.items():
             self.records[(case_ref.id, cell.id)] = record
+
+    def arbitrate(self, judge: Judge, replies: CaseReplies, common: dict, case_dir: str, cells: list[Cell]) -> None:
+        """Phase 4, for the checks whose values failed the plain tolerance in some cell: the
+        case's computation in float64 (`harness.arbiter`), in the backend of the cell they were
+        compared with, in the backend of each such cell (whether its semantics differ), and in
+        TensorFlow's where it runs (whose float64 holds end to end when another's cannot); and
+        the reference's float32 runs from nudged weights and inputs, its round-off band."""
+        ran = {c.backend: c for c in sorted(cells, key=lambda c: (c.jit, c.device))}
+        for check, failing in judge.to_arbitrate.items():
+            reference = judge.reference_for(check, replies)
+            if reference is None:
+                continue
+            folder = os.path.join(case_dir, f"arbiter-{check}")
+            request = {**common, "type": "arbitrate", "check": check, "cell": reference.id,
+                       "targets": replies.check(reference, "train").get("targets_file") if check == "train" else None}
+            backends = [reference.backend] + sorted({c.backend for c in failing} - {reference.backend})
+            if "tensorflow" in ran and "tensorflow" not in backends:
+                backends.append("tensorflow")
+            outcomes: dict[str, Outcome] = {}
+            jobs = []
+            for backend in backends:
+                out_dir = os.path.join(folder, backend)
+                os.makedirs(out_dir)
+                key = reference.worker_key if backend == reference.backend else ran[backend].worker_key
+                jobs.append(Job(key, {**request, "out_dir": out_dir,
+                                      "nudged": NUDGED_RUNS if backend == reference.backend else 0},
+                                self.timeout, lambda outcome, backend=backend: outcomes.__setitem__(backend, outcome)))
+            self.pool.run(jobs)
+            replies.arbiter[check] = Evidence.from_outcomes(check, reference.backend, outcomes)
 
     def localize(self, case: Case, case_ref: CaseRef, judge: Judge, records: dict[Cell, dict],
                  replies: CaseReplies, common: dict, case_dir: str) -> None:

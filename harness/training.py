@@ -297,9 +297,9 @@ class StepRecorder(keras.callbacks.Callback):
     starts again from those weights (the draws of a step, not training, are then recorded)."""
 
     def __init__(self, backend: str, device: str, data: TrainingData, *, with_gradients: bool,
-                 record_state: bool = True, frozen: dict | None = None):
+                 record_state: bool = True, frozen: dict | None = None, dtype=np.float32):
         super().__init__()
-        self.backend, self.device, self.data = backend, device, data
+        self.backend, self.device, self.data, self.dtype = backend, device, data, dtype
         self.with_gradients, self.record_state, self.frozen = with_gradients, record_state, frozen
         self.steps: dict[str, np.ndarray] = {}
         self.losses: list[float] = []
@@ -317,9 +317,9 @@ class StepRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         # Reading the values waits for the step. Kept whole: a metric may be a vector (F1Score
-        # per class); Keras computes them in float32 on every backend.
-        values = {name: np.asarray(keras.ops.convert_to_numpy(value), np.float32)
-                  for name, value in (logs or {}).items()}
+        # per class); Keras computes them in float32 on every backend (in float64 in the
+        # arbiter's float64 run, whose recorder keeps them so).
+        values = {name: np.asarray(keras.ops.convert_to_numpy(value), self.dtype) for name, value in (logs or {}).items()}
         synchronize(self.backend, self.device)
         self.times.append(time.perf_counter() - self.started)
         self.losses.append(float(values["loss"].reshape(-1)[0]) if "loss" in values else float("nan"))

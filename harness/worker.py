@@ -93,6 +93,7 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
+    from harness.arbiter import run as arbiter
     from harness.localize import run as localize
     from harness.checks.export import reload_exports
     from harness.checks.save import load_saved_models
@@ -113,6 +114,8 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
             reply = reload_exports(request)
         elif request["type"] == "localize":
             reply = localize.serve(request, backend)
+        elif request["type"] == "arbitrate":
+            reply = arbiter.serve(request, backend)
         else:
             reply = {"type": "error", "message": f"unknown request {request['type']!r}"}
         send(conn_out, reply)

@@ -7,6 +7,7 @@ import os
 import time
 
 from harness import arrays, compare
+from harness.arbiter import verdict as arbiter
 from harness.calls import backend_tensors, draws_of, recording_random_use, same_tree, synchronize, to_numpy_tree
 from harness.checks import timing
 from harness.replies import load
@@ -54,17 +55,30 @@ def judge(case_judge, cell, record: dict, replies) -> None:
     if (not_loaded := case_judge.not_loaded(cell, replies)) is not None:
         checks["outputs"] = not_loaded
     elif (reference := case_judge.against("outputs", cell, record, replies)) is not None:
-        checks["outputs"] = {**compare_outputs(case_judge, replies.check(reference, "outputs"),
-                                               replies.check(cell, "outputs"), record),
-                             "compared_with": reference.id}
+        verdict = compare_outputs(case_judge, replies.check(reference, "outputs"), replies.check(cell, "outputs"), record)
+        if verdict.get("arbitrable"):
+            case_judge.arbitrate("outputs", cell)
+            if "outputs" in replies.arbiter:
+                verdict = arbitrate(case_judge, cell, reference, verdict, replies)
+                if "float64_note" in verdict:
+                    record["notes"].append("outputs: " + verdict.pop("float64_note"))
+        checks["outputs"] = {**verdict, "compared_with": reference.id}
+    elif "outputs" in replies.arbiter and replies.arbiter["outputs"].truth() is not None:
+        judge_reference(case_judge, cell, checks, replies)
 
 
 def compare_outputs(case_judge, ref_outputs: dict, outputs: dict, record: dict) -> dict:
     names, ref_leaves = load(ref_outputs["file"])
     _, leaves = load(outputs["file"])
     if not (ref_outputs.get("random") or outputs.get("random")):
-        return compare.compare_outputs(names, ref_leaves, leaves, ref_outputs["dtypes"],
-                                       outputs["dtypes"], case_judge.case.rtol, case_judge.case.atol)
+        verdict = compare.compare_outputs(names, ref_leaves, leaves, ref_outputs["dtypes"],
+                                          outputs["dtypes"], case_judge.case.rtol, case_judge.case.atol)
+        # Values beyond the tolerance, of the same shapes and float dtypes: float64 can say why.
+        verdict["arbitrable"] = (verdict["status"] == MISMATCH and outputs.get("kind") in ("model", "layer")
+                                 and len(ref_leaves) == len(leaves)
+                                 and all(r.shape == g.shape and r.dtype == g.dtype and r.dtype.kind == "f"
+                                         for r, g in zip(ref_leaves, leaves)))
+        return verdict
     # Random at inference: each backend draws its own numbers; compare laws, never values.
     result, how = compare_random_outputs(names, ref_outputs, outputs)
     record["notes"].append(f"outputs draw random numbers at inference: compared by distribution, {how}")
@@ -94,3 +108,106 @@ def compare_random_outputs(names: list[str], reference: dict, mine: dict) -> tup
                       + " (the draws repeat at every call, a fixed seed, so more calls give no more)")
     return result, how
 
+
+
+# -- the float64 arbiter ---------------------------------------------------------------------
+
+def judgements(case_judge, cell, replies) -> list[tuple[str, object] | None]:
+    """Each output leaf of `cell` against float64 (None where it is within the plain tolerance
+    of the reference's), with its name. Cached per case: the reference's verdict reads them all."""
+    cache = replies.arbiter["outputs"].judged
+    if cell not in cache:
+        evidence = replies.arbiter["outputs"]
+        reference = case_judge.reference_for("outputs", replies)
+        names, ref_leaves = load(replies.check(reference, "outputs")["file"])
+        _, leaves = load(replies.check(cell, "outputs")["file"])
+        truth, own, samples = evidence.truth(), evidence.own(cell.backend), evidence.samples()
+        rtol, atol = case_judge.case.rtol, case_judge.case.atol
+        found = []
+        for i, (name, ref, got) in enumerate(zip(names, ref_leaves, leaves)):
+            tol = compare.tolerance(str(ref.dtype), rtol, atol)
+            if cell == reference or compare.compare_arrays(name, ref, got, str(ref.dtype), rtol, atol,
+                                                           own_scale=True)["status"] == PASS:
+                found.append((name, None))
+                continue
+            found.append((name, arbiter.judge_value(got, ref, truth[i], [s[i] for s in samples],
+                                                    None if own is None else own[i], *tol)))
+        cache[cell] = found
+    return cache[cell]
+
+
+def compared_cells(replies) -> list:
+    return [c for c in replies.outcomes if replies.check(c, "outputs").get("status") == PASS
+            and replies.check(c, "outputs").get("file") and not replies.check(c, "outputs").get("random")]
+
+
+def arbitrate(case_judge, cell, reference, plain: dict, replies) -> dict:
+    """The outputs' plain mismatch judged again against float64: a pass where every output
+    beyond the tolerance is within float32 round-off, else a mismatch saying why."""
+    evidence = replies.arbiter["outputs"]
+    account = evidence.describe()
+    if evidence.truth() is None:
+        account["verdict"] = "not run: no float64 run held end to end, so the plain tolerance stands"
+        return {**plain, "float64": account}
+    judged = [(name, j) for name, j in judgements(case_judge, cell, replies) if j is not None]
+    account["outputs"] = {name: j.to_json() for name, j in judged}
+    diverging = [(name, j) for name, j in judged if j.verdict == arbiter.DIVERGES]
+    far = reference_far(case_judge, replies)
+    if far:
+        account["reference_far"] = far
+    if not diverging:
+        account["verdict"] = arbiter.ROUNDOFF
+        widest = max(judged, key=lambda nj: nj[1].error / nj[1].band if nj[1].band else 0)
+        note = (f"beyond the plain tolerance ({plain.get('message', '')[:200]}), but {widest[0]} is "
+                f"{widest[1].sentence()}")
+        if far:
+            note = f"the reference cell is the one far from float64 ({far}); " + note
+        result = {k: v for k, v in plain.items() if k not in ("message", "worst_index", "worst_value", "worst_reference")}
+        return {**result, "status": PASS, "float64": account, "float64_note": note}
+    account["verdict"] = arbiter.DIVERGES
+    name, first = diverging[0]
+    outlier = diverging_backends(case_judge, replies)
+    if outlier:
+        account["outlier"] = outlier
+    return {**plain, "float64": account, "message": f"{plain.get('message', '')}; against float64, {name} is {first.sentence()}"
+            + (f" ({outlier} departs)" if outlier else "")}
+
+
+def diverging_backends(case_judge, replies) -> str | None:
+    """The backends every compared cell of which diverges from float64 (by the cells of the
+    case, each judged on its own)."""
+    by_backend: dict[str, list[bool]] = {}
+    for other in compared_cells(replies):
+        found = [j for _, j in judgements(case_judge, other, replies) if j is not None]
+        by_backend.setdefault(other.backend, []).append(any(j.verdict == arbiter.DIVERGES for j in found))
+    named = [b for b, flags in by_backend.items() if flags and all(flags)]
+    return ", ".join(named) or None
+
+
+def reference_far(case_judge, replies) -> str | None:
+    """Where the reference cell itself is the one far from float64, on which output and how far."""
+    evidence = replies.arbiter["outputs"]
+    reference = case_judge.reference_for("outputs", replies)
+    truth = evidence.truth()
+    names, ref_leaves = load(replies.check(reference, "outputs")["file"])
+    others = [load(replies.check(c, "outputs")["file"])[1] for c in compared_cells(replies) if c.backend != reference.backend]
+    if not others:
+        return None
+    for i, (name, ref) in enumerate(zip(names, ref_leaves)):
+        tol = compare.tolerance(str(ref.dtype), case_judge.case.rtol, case_judge.case.atol)
+        mine = arbiter.error(ref, truth[i])
+        theirs = [arbiter.error(leaves[i], truth[i]) for leaves in others]
+        if arbiter.reference_far(mine, theirs, *tol, truth[i]):
+            return (f"{name}: its RMSE against float64 is {mine:.3g}, the other backends' at most "
+                    f"{max(theirs):.3g}")
+    return None
+
+
+def judge_reference(case_judge, cell, checks: dict, replies) -> None:
+    """The reference cell's own outputs against float64: a mismatch where it is the one far."""
+    if cell != case_judge.reference_for("outputs", replies) or not (far := reference_far(case_judge, replies)):
+        return
+    message = (f"the reference cell is the one far from float64, while the other backends are close to it: {far}")
+    checks["outputs"] = {**checks["outputs"], "status": MISMATCH, "message": message,
+                         "float64": {**replies.arbiter["outputs"].describe(), "verdict": arbiter.DIVERGES,
+                                     "reference_far": far, "outlier": f"{cell.backend} (the reference)"}}

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from harness import arrays, compare
+from harness.arbiter import verdict as arbiter
 from harness.calls import recording_random_use, wrap_layer
 from harness.cells import Cell
 from harness.checks import timing
@@ -71,6 +72,10 @@ def run(ctx, obj, kind: str, inputs, outputs) -> None:
         x=inputs, y=None if trains_without_targets(ctx.case, model, factory_config) else targets_for(ctx, outputs),
         sample_weight=arrays.load_tree(ctx.request["sample_weight"]) if ctx.request.get("sample_weight") else None,
         class_weight=ctx.case.class_weight))
+    targets_file = None
+    if data.y is not None:  # what the float64 arbiter trains on, should this cell's steps need it
+        targets_file = os.path.join(ctx.out_dir, "train_targets.npz")
+        arrays.save_tree(targets_file, data.y)
     # Gradients are taken eagerly, so a jit cell's would repeat its nojit sibling's work.
     with_gradients = training.uses_keras_train_step(model) and not ctx.cell.jit
     initial = training.weights_of(model)
@@ -108,7 +113,7 @@ def run(ctx, obj, kind: str, inputs, outputs) -> None:
     path = os.path.join(ctx.out_dir, "train_steps.npz")
     arrays.save_weights(path, recorder.steps)
     result = {
-        "status": PASS, "steps": TRAIN_STEPS, "losses": recorder.losses, "file": path,
+        "status": PASS, "steps": TRAIN_STEPS, "losses": recorder.losses, "file": path, "targets_file": targets_file,
         "configuration": config.describe(model), "data": data.call(),
         "gradients": "by the backend's autodiff" if with_gradients else (
             "in the nojit cell" if ctx.cell.jit and training.uses_keras_train_step(model) else
@@ -167,6 +172,10 @@ def judge(case_judge, cell, record: dict, replies) -> None:
         ref_train = replies.check(reference, "train")
         checks["train"] = {**checks["train"], **compare_training(case_judge, cell, reference, ref_train, train, replies),
                            "compared_with": reference.id}
+        if "float64_note" in checks["train"]:
+            record["notes"].append("train: " + checks["train"].pop("float64_note"))
+    elif "train" in replies.arbiter and replies.arbiter["train"].truth() is not None:
+        judge_reference(case_judge, cell, checks, replies)
     compare_draws_with_sibling(cell, checks["train"], replies)
 
 
@@ -268,6 +277,10 @@ def compare_steps(case_judge, cell: Cell, reference: Cell, ref_train: dict, trai
             result["message"] += f"; after {TRAIN_STEPS} steps, {weights['message']}"
     elif missing:
         result["message"] = f"not recorded in this cell: {', '.join(missing[:3])}"
+    if first is not None and not missing:  # values beyond the plain tolerance: float64 can say why
+        case_judge.arbitrate("train", cell)
+        if "train" in replies.arbiter:
+            return arbitrate(case_judge, cell, reference, ref, mine, replies, result)
     return result
 
 
@@ -284,3 +297,148 @@ def outlier_backend(key: str, cell: Cell, reference: Cell, replies, rtol, atol) 
     if reference not in values or cell not in values:
         return None
     return compare.outlier(values, cell, reference, rtol, atol)[0]
+
+
+# -- the float64 arbiter ---------------------------------------------------------------------
+
+def trained_cells(replies) -> dict:
+    """Every cell whose steps were recorded and can be compared value by value: its steps."""
+    found = {}
+    for other in replies.outcomes:
+        check = replies.check(other, "train")
+        if check.get("status") == PASS and check.get("file") and not check.get("randomness", {}).get("own_draws"):
+            found[other] = arrays.load_weights(check["file"])
+    return found
+
+
+def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, replies, plain: dict) -> dict:
+    """The steps judged again against the float64 run: each value beyond the plain tolerance
+    either within float32 round-off (training amplifies it step by step, as it does the
+    reference's and the nudged runs') or the first divergence, introduced at its step."""
+    evidence = replies.arbiter["train"]
+    account = evidence.describe()
+    rtol, atol = case_judge.case.rtol, case_judge.case.atol
+    truth = evidence.truth()
+    if truth is None:
+        account["verdict"] = "not run: no float64 run held end to end, so the plain tolerance stands"
+        return {**plain, "float64": account}
+    base = {k: v for k, v in plain.items() if k not in ("first_divergence", "message")}
+    base["float64"] = account
+    account["growth"] = growth(mine, ref, truth, evidence.samples())
+    beyond, first = [], None
+    own = evidence.own(cell.backend)
+    for step, quantity, name, key in step_keys(ref):
+        if key not in mine or key not in truth:
+            continue
+        verdict = compare.compare_arrays(name, ref[key], mine[key], str(ref[key].dtype), rtol, atol,
+                                         own_scale=quantity in ("loss", "metric"))
+        if verdict["status"] == PASS:
+            continue
+        judged = arbiter.judge_value(mine[key], ref[key], truth[key], [s[key] for s in evidence.samples() if key in s],
+                                     None if own is None or key not in own else own[key],
+                                     *compare.tolerance(str(ref[key].dtype), rtol, atol))
+        beyond.append((step, quantity, name, judged))
+        if judged.verdict == arbiter.DIVERGES:
+            first_judged = judged
+            first = {"step": step, "quantity": quantity, "variable": name, "max_abs_err": verdict.get("max_abs_err"),
+                     "message": verdict.get("message"), "float64": judged.to_json(),
+                     "introduced_at_step": step}
+            break
+    widest = max(beyond, key=lambda b: b[3].error / b[3].band if b[3].band else 0, default=None)
+    account["beyond_tolerance"] = len(beyond)
+    account["roundoff_dominated"] = sum(b[3].why == "roundoff_dominated" for b in beyond)
+    if first is None:
+        account["verdict"] = arbiter.ROUNDOFF
+        note = (f"{len(beyond)} values beyond the plain tolerance, each within float32 round-off of float64"
+                + (f" (the widest, step {widest[0]} {widest[1]} {widest[2]}: {widest[3].sentence()})" if widest else ""))
+        return {**base, "status": PASS, "float64_note": note}
+    account["verdict"] = arbiter.DIVERGES
+    outlier = diverging_backends(case_judge, f"{first['step']}/{first['quantity']}/{first['variable']}",
+                                 reference, replies, evidence)
+    if first["float64"]["why"] == "semantics" or not outlier:
+        outlier = outlier_backend(f"{first['step']}/{first['quantity']}/{first['variable']}", cell, reference,
+                                  replies, rtol, atol)
+    if outlier:
+        first["outlier"] = outlier
+    where = f"step {first['step']}, {first['quantity']} {first['variable']}"
+    introduced = "" if first["step"] == 1 else (f"; introduced at step {first['step']}: every value of the steps "
+                                                f"before was within float32 round-off of float64")
+    message = (f"training diverges first at {where}{f' ({outlier} departs from the other backends)' if outlier else ''}: "
+               f"{first['message']}; against float64 it is {first_judged.sentence()}{introduced}")
+    return {**base, "status": MISMATCH, "first_divergence": first, "message": message}
+
+
+def growth(mine: dict, ref: dict, truth: dict, samples: list) -> list[dict]:
+    """Per step, how far this cell's weights are from the reference's and from float64, beside
+    the reference's and the nudged runs' distance from float64 (relative RMS over every weight):
+    round-off that training amplifies grows in all of them alike."""
+    rows = []
+    steps = sorted({int(k.split("/", 1)[0]) for k in truth if "/weight/" in k})
+    for step in steps:
+        keys = [k for k in truth if k.startswith(f"{step}/weight/") and k in mine and k in ref
+                and np.asarray(truth[k]).dtype.kind == "f"]
+        if not keys:
+            continue
+
+        def relative(a: dict, b: dict) -> float:
+            num = sum(arbiter.error(a[k], b[k]) ** 2 * np.size(b[k]) for k in keys if k in a)
+            den = sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in keys)
+            return float(np.sqrt(num / den)) if den else float(np.sqrt(num))
+
+        rows.append({"step": step, "vs_reference": relative(mine, ref), "vs_float64": relative(mine, truth),
+                     "reference_vs_float64": relative(ref, truth),
+                     "nudged_vs_float64": max((relative(s, truth) for s in samples), default=None)})
+    return rows
+
+
+def diverging_backends(case_judge, key: str, reference: Cell, replies, evidence) -> str | None:
+    """The backends all of whose cells diverge from float64 on `key`."""
+    steps = trained_cells(replies)
+    if reference not in steps:
+        return None
+    by_backend: dict[str, list[bool]] = {}
+    for other, values in steps.items():
+        if other == reference or key not in values:
+            continue
+        rtol, atol = compare.tolerance(str(steps[reference][key].dtype), case_judge.case.rtol, case_judge.case.atol)
+        plain_ok = compare.compare_arrays(key, steps[reference][key], values[key], str(values[key].dtype), rtol,
+                                          atol)["status"] == PASS
+        truth, own = evidence.truth(), evidence.own(other.backend)
+        judged = None if plain_ok or key not in truth else arbiter.judge_value(
+            values[key], steps[reference][key], truth[key], [s[key] for s in evidence.samples() if key in s],
+            None if own is None or key not in own else own[key], rtol, atol)
+        by_backend.setdefault(other.backend, []).append(judged is not None and judged.verdict == arbiter.DIVERGES)
+    named = [b for b, flags in by_backend.items() if flags and all(flags)]
+    return ", ".join(named) or None
+
+
+def judge_reference(case_judge, cell: Cell, checks: dict, replies) -> None:
+    """The reference cell's own steps against float64: a mismatch at the first value where it
+    is the one far from float64 while the other backends are close to it."""
+    evidence = replies.arbiter["train"]
+    steps = trained_cells(replies)
+    if cell != case_judge.reference_for("train", replies) or cell not in steps:
+        return
+    truth, mine = evidence.truth(), steps[cell]
+    others = [values for other, values in steps.items() if other.backend != cell.backend]
+    if not others:
+        return
+    for step, quantity, name, key in step_keys(mine):
+        if key not in truth:
+            continue
+        rtol, atol = compare.tolerance(str(mine[key].dtype), case_judge.case.rtol, case_judge.case.atol)
+        error = arbiter.error(mine[key], truth[key])
+        widest = max([arbiter.error(s[key], truth[key]) for s in evidence.samples() if key in s], default=0.0)
+        if widest > arbiter.ROUNDOFF_DOMINATES * arbiter.size_of(truth[key]):
+            continue  # chaotic there: no cell can be told from another
+        theirs = [arbiter.error(values[key], truth[key]) for values in others if key in values]
+        if arbiter.reference_far(error, theirs, rtol, atol, truth[key]):
+            far = (f"step {step}, {quantity} {name}: its RMSE against float64 is {error:.3g}, the other "
+                   f"backends' at most {max(theirs):.3g}")
+            checks["train"] = {**checks["train"], "status": MISMATCH,
+                               "message": f"the reference cell is the one far from float64, while the other "
+                                          f"backends are close to it: {far}",
+                               "first_divergence": {"step": step, "quantity": quantity, "variable": name,
+                                                    "outlier": f"{cell.backend} (the reference)"},
+                               "float64": {**evidence.describe(), "verdict": arbiter.DIVERGES, "reference_far": far}}
+            return

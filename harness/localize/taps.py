@@ -74,6 +74,7 @@ class Recorder:
 
     def __init__(self, paths: dict[int, str]):
         self.paths = paths  # id(layer) -> its key's path
+        self.active: list = []  # the layers whose call is running, innermost last
         self.begin()
 
     def begin(self) -> None:
@@ -110,8 +111,9 @@ def layer_paths(model) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def tapping(model, recorder: Recorder):
-    """Every layer below `model` records its calls while the block runs."""
+def tapping(model, recorder):
+    """Every layer below `model` records its calls while the block runs. `recorder` is a
+    `Recorder`, or anything with its `active` list and `record` method."""
     layers = list(model._flatten_layers(include_self=False))
     for layer in layers:
         object.__setattr__(layer, "call", _tapped(layer, layer.call, recorder))
@@ -122,10 +124,14 @@ def tapping(model, recorder: Recorder):
             vars(layer).pop("call", None)
 
 
-def _tapped(layer, call, recorder: Recorder):
+def _tapped(layer, call, recorder):
     @functools.wraps(call)
     def tapped(*args, **kwargs):
-        outputs = call(*args, **kwargs)
+        recorder.active.append(layer)
+        try:
+            outputs = call(*args, **kwargs)
+        finally:
+            recorder.active.pop()
         recorder.record(layer, args, kwargs, outputs)
         return outputs
 

@@ -1,0 +1,212 @@
+"""The arbiter's verdicts, in the pytest process (NumPy only): is a value beyond the plain
+tolerance what float32 round-off explains, or a divergence?
+
+For one value (an output, or one quantity of one training step), each float32 result's error
+against float64 is its RMSE (as `torch._dynamo.utils.same` measures it). The round-off band is
+MULTIPLE times the largest error of the round-off samples: the reference cell's own result and the
+reference's runs from weights and inputs nudged by one ulp. A cell
+- agrees within round-off when it is within the plain tolerance of float64, or within the band,
+  or when round-off alone already moves the value by more than ROUNDOFF_DOMINATES of its size
+  (a chaotic amplification: no float32 result can be told from another there);
+- diverges otherwise. Where its own backend's float64 run agrees with the reference backend's
+  (within the band), its float32 computation is the one that departs ("numerical"); where the
+  two float64 runs differ too, the backends compute different things ("semantics").
+The reference itself is "far from float64" when its error is MULTIPLE times the largest of the
+other backends' cells: then it is the one that departs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from harness import arrays
+from harness.replies import load
+
+#: The band is this multiple of the largest round-off sample's error against float64.
+#: torch's checker uses 2, and 3 for tensors under 1000 elements, with the reference's own
+#: error as its one sample; here the widest of three samples (the reference and two nudged
+#: runs). `make bench` (--only arbiter) measures how often a correct cell (one more nudged run,
+#: or a backend against itself with its other kernels) falls outside it.
+MULTIPLE = 3.0
+#: Where round-off alone (the widest sample) moves a value by this share of its RMS, its
+#: float32 results are noise: training amplified round-off chaotically (measured: MobileNetV2's
+#: and DenseNet121's batch-2 steps move 1e-2 to 1 relative from their second step on).
+ROUNDOFF_DOMINATES = 1e-2
+
+#: Float32 runs of the reference from weights and inputs nudged by one ulp: with the reference's
+#: own result, three samples of what round-off alone does.
+NUDGED_RUNS = 2
+
+ROUNDOFF, DIVERGES = "round-off", "diverges"
+
+
+def error(got, truth) -> float:
+    """RMSE of `got` against `truth` (NaN against NaN and equal infinities count as 0; a NaN or
+    an infinity on one side only, as infinite)."""
+    got, truth = np.asarray(got, np.float64), np.asarray(truth, np.float64)
+    if got.shape != truth.shape:
+        return float("inf")
+    if got.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        same = (np.isnan(got) & np.isnan(truth)) | (got == truth)
+        diff = np.where(same, 0.0, got - truth)
+        diff = np.where(np.isfinite(diff), diff, np.inf)
+        return float(np.sqrt(np.mean(diff * diff)))
+
+
+def size_of(truth) -> float:
+    truth = np.asarray(truth, np.float64)
+    finite = truth[np.isfinite(truth)]
+    return float(np.sqrt(np.mean(finite * finite))) if finite.size else 0.0
+
+
+def within_tolerance(got, truth, rtol: float, atol: float) -> bool:
+    got, truth = np.asarray(got, np.float64), np.asarray(truth, np.float64)
+    return got.shape == truth.shape and bool(np.allclose(got, truth, rtol=rtol, atol=atol, equal_nan=True))
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What the arbiter's runs gave for one check of a case: the float64 results by backend
+    (files), whether each stayed float64, the nudged float32 runs, and which float64 is the
+    truth (the reference backend's where it held, else TensorFlow's, else any that held)."""
+
+    check: str
+    reference_backend: str
+    float64: dict[str, str]  # backend -> file
+    held: dict[str, bool]
+    narrowed: dict[str, list[str]]
+    errors: dict[str, str]  # backend -> why float64 could not run there
+    nudged: list[str]
+    seconds: dict[str, float]
+    judged: dict = dataclasses.field(default_factory=dict)  # the checks' judgements, cached per cell
+
+    @classmethod
+    def from_outcomes(cls, check: str, reference_backend: str, outcomes: dict) -> Evidence:
+        """From the `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by backend."""
+        found = cls(check, reference_backend, {}, {}, {}, {}, [], {})
+        for backend, outcome in outcomes.items():
+            reply = outcome.reply
+            if reply is None:
+                found.errors[backend] = f"the worker: {outcome.status}: {outcome.message}"[:500]
+                continue
+            found.seconds.update({f"{backend}_{k}": v for k, v in reply.get("seconds", {}).items()})
+            if backend == reference_backend:
+                found.nudged = list(reply.get("nudged", []))
+                if reply.get("nudged_error"):
+                    found.errors[f"{backend} nudged"] = reply["nudged_error"]
+            if reply.get("float64_error"):
+                found.errors[backend] = reply["float64_error"]
+                continue
+            found.float64[backend] = reply["float64_file"]
+            found.held[backend] = reply["held"]
+            found.narrowed[backend] = reply["narrowed"]
+        return found
+
+    @property
+    def truth_backend(self) -> str | None:
+        for backend in [self.reference_backend, "tensorflow", *sorted(self.float64)]:
+            if self.held.get(backend) and backend in self.float64:
+                return backend
+        return None
+
+    @functools.cached_property
+    def values(self) -> dict[str, list | dict]:
+        """Each file's values: a list of output leaves, or a dict of training quantities."""
+        read = (lambda path: load(path)[1]) if self.check == "outputs" else arrays.load_weights
+        found = {f"float64:{b}": read(path) for b, path in self.float64.items()}
+        found.update({f"nudged:{i}": read(path) for i, path in enumerate(self.nudged)})
+        return found
+
+    def truth(self):
+        backend = self.truth_backend
+        return None if backend is None else self.values[f"float64:{backend}"]
+
+    def own(self, backend: str):
+        return self.values.get(f"float64:{backend}") if self.held.get(backend) else None
+
+    def samples(self) -> list:
+        return [self.values[f"nudged:{i}"] for i in range(len(self.nudged))]
+
+    def describe(self) -> dict:
+        """The record's account of the runs: which float64 is the truth, which held, the cost."""
+        account = {"truth": self.truth_backend, "held": dict(self.held), "nudged_runs": len(self.nudged),
+                   "multiple": MULTIPLE, "roundoff_dominates": ROUNDOFF_DOMINATES,
+                   "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        if any(self.narrowed.values()):
+            account["not_float64"] = {b: n for b, n in self.narrowed.items() if n}
+        if self.errors:
+            account["errors"] = dict(self.errors)
+        return account
+
+
+@dataclasses.dataclass
+class Judgement:
+    """One value of one cell, against float64."""
+
+    verdict: str  # ROUNDOFF or DIVERGES
+    error: float  # this cell's RMSE against float64
+    reference_error: float
+    band: float
+    why: str  # within_tolerance, within_band, roundoff_dominated, numerical, semantics, beyond_band
+    own_float64_error: float | None = None  # this backend's float64 against the truth
+
+    def to_json(self) -> dict:
+        found = {"verdict": self.verdict, "error": self.error, "reference_error": self.reference_error,
+                 "band": self.band, "why": self.why}
+        if self.own_float64_error is not None:
+            found["own_float64_error"] = self.own_float64_error
+        return found
+
+    def sentence(self) -> str:
+        figures = (f"RMSE against float64 {self.error:.3g}, the reference's {self.reference_error:.3g}, "
+                   f"the round-off band {self.band:.3g}")
+        return {
+            "within_tolerance": "within the plain tolerance of float64",
+            "within_band": f"within float32 round-off ({figures})",
+            "roundoff_dominated": f"round-off alone moves this value by more than {ROUNDOFF_DOMINATES:g} of its size, "
+                                  f"so it is not comparable ({figures})",
+            "numerical": f"farther from float64 than round-off explains ({figures}), while this backend's float64 "
+                         f"run agrees with the reference backend's: its float32 computation departs",
+            "semantics": f"farther from float64 than round-off explains ({figures}), and this backend's float64 run "
+                         f"differs too (by {self.own_float64_error or 0:.3g}): the backends compute different things",
+            "beyond_band": f"farther from float64 than round-off explains ({figures})",
+        }[self.why]
+
+
+def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: float) -> Judgement:
+    """One float32 value of a cell against the truth, the reference's value and the nudged runs'
+    (`own`: this backend's float64 value, or None)."""
+    reference_error = error(reference, truth)
+    widest = max([reference_error] + [error(s, truth) for s in samples])
+    band = MULTIPLE * widest
+    mine = error(got, truth)
+    if within_tolerance(got, truth, rtol, atol):
+        return Judgement(ROUNDOFF, mine, reference_error, band, "within_tolerance")
+    if mine <= band:
+        return Judgement(ROUNDOFF, mine, reference_error, band, "within_band")
+    # A NaN or infinity where float64 and every round-off sample are finite is never round-off.
+    finite_elsewhere = np.isfinite(np.asarray(truth, np.float64)) & np.isfinite(np.asarray(reference, np.float64))
+    for sample in samples:
+        finite_elsewhere &= np.isfinite(np.asarray(sample, np.float64))
+    if widest > ROUNDOFF_DOMINATES * size_of(truth) and np.isfinite(np.asarray(got, np.float64))[finite_elsewhere].all():
+        return Judgement(ROUNDOFF, mine, reference_error, band, "roundoff_dominated")
+    if own is None:
+        return Judgement(DIVERGES, mine, reference_error, band, "beyond_band")
+    apart = error(own, truth)
+    same_function = apart <= band or within_tolerance(own, truth, rtol, atol)
+    return Judgement(DIVERGES, mine, reference_error, band, "numerical" if same_function else "semantics", apart)
+
+
+def reference_far(reference_error: float, others: list[float], rtol: float, atol: float, truth) -> bool:
+    """The reference is the one far from float64: MULTIPLE times the other backends' errors,
+    and beyond the plain tolerance's scale."""
+    finite = [e for e in others if np.isfinite(e)]
+    if not finite or not np.isfinite(reference_error):
+        return False
+    floor = atol + rtol * size_of(truth)
+    return reference_error > MULTIPLE * max(finite) and reference_error > floor
