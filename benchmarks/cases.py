@@ -59,3 +59,33 @@ def convnet_bicubic():
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(16, activation="relu")(x)
     return keras.Model(inputs, layers.Dense(4)(x))
+
+
+# -- correct models trained on a batch of 2, for the float64 arbiter's false-alarm rate --------
+
+def two_images(rng):
+    return rng.uniform(0, 1, size=(2, 32, 32, 3)).astype("float32")
+
+
+def ten_targets(rng):
+    return rng.normal(size=(2, 10)).astype("float32")
+
+
+@harness.parity_case(inputs=two_images, targets=ten_targets, checks=["build", "outputs", "train"])
+def mobilenet_v3_small():
+    """keras.applications' MobileNetV3Small as written, untrained, at 32x32."""
+    import keras
+
+    return keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10,
+                                               classifier_activation=None, include_preprocessing=False)
+
+
+@harness.parity_case(inputs=two_images, targets=ten_targets, checks=["build", "outputs", "train"])
+def mobilenet_v2():
+    """keras.applications' MobileNetV2 as written, untrained, at 32x32: its last feature map is
+    1x1, so each BatchNormalization there normalizes 2 values and training amplifies round-off
+    chaotically."""
+    import keras
+
+    return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
+                                          classifier_activation=None)

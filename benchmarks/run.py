@@ -29,6 +29,8 @@ Every figure is the median of several runs; ratios are given where machine noise
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -254,8 +256,107 @@ def print_localize(args) -> None:
         print(line)
 
 
+#: A backend's other kernels, for a correct float32 run that is not the reference's: TensorFlow
+#: with oneDNN flipped, XLA (JAX) for SSE4.2 without FMA, ATen's scalar code (torch).
+OTHER_KERNELS = {"tensorflow": {"TF_ENABLE_ONEDNN_OPTS": None},
+                 "jax": {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
+                 "torch": {"ATEN_CPU_CAPABILITY": "default"}}
+ARBITER_SCRIPT = """
+import json, sys
+from harness.arbiter.run import ArbiterRuns
+request, float64, nudged = json.loads(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+runs = ArbiterRuns(request, sys.argv[4])
+found = {"float32": runs.float32(), "nudged": [runs.float32(nudged=i) for i in range(nudged)]}
+if float64:
+    found.update(runs.float64())
+print(json.dumps(found))
+"""
+
+
+def arbiter_runs(case_ref, folder: str, backend: str, env: dict, float64: bool, nudged: int) -> dict:
+    """The train check's computation of a case in a process of `backend` (with `env`): float32 as
+    given, float32 from `nudged` one-ulp nudges, and float64 where asked."""
+    out_dir = os.path.join(folder, f"{backend}-{len(os.listdir(folder))}")
+    os.makedirs(out_dir)
+    request = {"case": dataclasses.asdict(case_ref), "inputs": os.path.join(folder, "inputs.npz"),
+               "targets": os.path.join(folder, "targets.npz"), "weights": os.path.join(folder, "weights.npz"),
+               "seed": 7, "check": "train", "cell": f"{backend}-cpu-nojit", "out_dir": out_dir}
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **env}
+    done = subprocess.run([sys.executable, "-c", ARBITER_SCRIPT, json.dumps(request), "1" if float64 else "0",
+                           str(nudged), backend], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def other_kernels(backend: str) -> dict:
+    """The variables that give `backend` kernels other than the ones this machine picks."""
+    env = dict(OTHER_KERNELS[backend])
+    if backend == "tensorflow":  # oneDNN is on by default with these (TensorFlow's DefaultOneDnnPolicy)
+        from harness import machine
+
+        on = bool({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"} & set(machine.cpu()["vector_extensions"]))
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0" if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1" if on else "0") == "1" else "1"
+    return env
+
+
+def print_arbiter(args) -> None:
+    """The float64 arbiter's false alarms: a correct float32 run (the same backend from other
+    one-ulp nudges, or with its other kernels) judged as a cell against the reference (that
+    backend's plain float32 run) and its round-off band, over 4 training steps of real models."""
+    import cases
+
+    from harness import arrays, cells, compare
+    from harness.arbiter import verdict
+    from harness.checks.train import judge_steps
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "suites", "examples"))
+    import test_keras_io_examples as examples
+
+    models = [(examples, "xception_small"), (cases, "mobilenet_v3_small"), (cases, "mobilenet_v2")]
+    for module, name in models:
+        case = getattr(module, name)
+        case_ref = CaseRef.from_module(f"bench::{name}", module, name)
+        with tempfile.TemporaryDirectory() as folder:
+            seed = case.seed(case_ref.id)
+            arrays.save_tree(os.path.join(folder, "inputs.npz"), case.make_inputs(seed))
+            arrays.save_tree(os.path.join(folder, "targets.npz"), case.make_targets(seed))
+            weights_script = ("import sys, keras; from harness.calls import *; from harness import arrays\n"
+                              f"sys.path.insert(0, {os.path.dirname(module.__file__)!r}); import {module.__name__} as m\n"
+                              f"obj = make_object(m.{name}, 7); build_object(obj, kind_of(obj), arrays.load_tree(sys.argv[1]))\n"
+                              "arrays.save_weights(sys.argv[2], weights_by_key(obj.weights))")
+            subprocess.run([sys.executable, "-c", weights_script, os.path.join(folder, "inputs.npz"),
+                            os.path.join(folder, "weights.npz")], check=True, capture_output=True,
+                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+            for backend in cells.installed_backends():
+                base = arbiter_runs(case_ref, folder, backend, {}, True, verdict.NUDGED_RUNS + args.arbiter_cells)
+                other = arbiter_runs(case_ref, folder, backend, other_kernels(backend), False, args.arbiter_cells)
+                load = arrays.load_weights
+                ref, truth = load(base["float32"]), load(base["float64_file"])
+                samples = [load(p) for p in base["nudged"][:verdict.NUDGED_RUNS]]
+                judged = {"nudged": base["nudged"][verdict.NUDGED_RUNS:],
+                          "other kernels": [other["float32"]] + other["nudged"]}
+                counts, beyond, chaotic, flagged = {}, 0, 0, []
+                for kind, paths in judged.items():
+                    counts[kind] = 0
+                    for path in paths:
+                        values, first = judge_steps(ref, load(path), truth, samples, None, None, None)
+                        beyond += len(values)
+                        chaotic += sum(v[3].why == "roundoff_dominated" for v in values)
+                        if first:
+                            counts[kind] += 1
+                            flagged.append(f"step {first['step']} {first['quantity']} {first['variable']}: "
+                                           f"{first['float64']['error']:.3g} against a band of {first['float64']['band']:.3g}")
+                total = sum(len(p) for p in judged.values())
+                print(f"{name} under {backend} ({'float64 held' if base['held'] else 'float64 narrowed'}): "
+                      f"{sum(counts.values())} of {total} correct runs flagged ("
+                      + ", ".join(f"{n} of {len(judged[k])} {k}" for k, n in counts.items())
+                      + f"); {beyond} values beyond the plain tolerance, {chaotic} of them dominated by round-off"
+                      + (f"; flagged: {'; '.join(flagged[:3])}" if flagged else ""))
+
+
 BENCHMARKS = {"overhead": print_overhead, "wall": print_wall, "weights": print_weights,
-              "false_alarms": print_false_alarms, "localize": print_localize}
+              "false_alarms": print_false_alarms, "localize": print_localize, "arbiter": print_arbiter}
 
 
 def main() -> None:
@@ -264,6 +365,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
     parser.add_argument("--law-trials", type=int, default=10000,
                         help="comparisons of a backend with itself in the false-alarm benchmark")
+    parser.add_argument("--arbiter-cells", type=int, default=4,
+                        help="correct float32 runs per backend and model judged by the float64 arbiter")
     args = parser.parse_args()
     for name, bench in BENCHMARKS.items():
         if args.only in (None, name):

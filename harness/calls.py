@@ -78,22 +78,52 @@ def build_object(obj, kind: str, inputs) -> None:
         obj(inputs)
 
 
-def fresh_torch_compiler() -> int:
-    """Empty dynamo's caches, as a fresh process has them, and return the graphs compiled so
-    far. Dynamo keeps compiled frames and recompile counts per code object for the whole
-    process, and past `recompile_limit` (8) recompiles of one of Keras' own frames runs it
-    eagerly from then on: each torch jit job starts from an empty cache."""
+@contextlib.contextmanager
+def torch_compiler_watch():
+    """A torch jit job from an empty dynamo cache, as a fresh process has it, and what dynamo did
+    in it (filled in at the end): `graphs` compiled, `frames` it was asked to compile and those it
+    `ran_eagerly` (a graph break it could not resume from, an unsupported frame), and each
+    `recompile_limit` hit. Dynamo keeps compiled frames and recompile counts per code object for
+    the whole process, and past `recompile_limit` (8) recompiles of one of Keras' own frames runs
+    it eagerly from then on: such a job tests less than a compiled run, and its record says so."""
+    import logging
+
     import torch
-
-    torch._dynamo.reset()
-    return torch_graphs_compiled()
-
-
-def torch_graphs_compiled() -> int:
-    """Graphs dynamo has handed to its backend in this process so far."""
     from torch._dynamo.utils import counters
 
-    return counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    hits: list[str] = []
+
+    class RecompileLimit(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("torch._dynamo hit config."):
+                function = next((line.split("function:", 1)[1].strip() for line in message.splitlines()
+                                 if "function:" in line), "?")
+                hits.append(f"{message.split(chr(10))[0].removeprefix('torch._dynamo hit ')}: {function}")
+
+    logger, handler = logging.getLogger("torch._dynamo.convert_frame"), RecompileLimit(logging.WARNING)
+    logger.addHandler(handler)
+    before = (counters["stats"]["unique_graphs"], counters["frames"]["total"], counters["frames"]["ok"])
+    found: dict = {}
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        frames = counters["frames"]["total"] - before[1]
+        found.update(graphs=counters["stats"]["unique_graphs"] - before[0], frames=frames,
+                     ran_eagerly=frames - (counters["frames"]["ok"] - before[2]),
+                     recompile_limit=sorted({hit: hits.count(hit) for hit in hits}.items()))
+
+
+def describe_dynamo(found: dict) -> str | None:
+    """A note for a torch jit job in which dynamo left part of the model eager, else None."""
+    if not (found.get("ran_eagerly") or found.get("recompile_limit")):
+        return None
+    limits = "; ".join(f"{hit} ({n} time{'s' if n > 1 else ''})" for hit, n in found["recompile_limit"])
+    return (f"torch.compile ran {found['ran_eagerly']} of the {found['frames']} frames dynamo was given eagerly"
+            + (f" (it hit its recompile limit: {limits})" if limits else "")
+            + ": this jit cell tested less than a compiled run of the whole model")
 
 
 def variable_keys(variables) -> list[str]:

@@ -265,6 +265,17 @@ RULES = (
         r"Unknown layer|could not be deserialized properly|get_config",
     ),
     Rule(
+        "export_symbolic_shapes",
+        "model.export traced the model with symbolic dimensions for what its inputs leave unknown "
+        "(jax2tf gives each input's dimensions their own symbols, so two sequence inputs get "
+        "independent lengths), and the model needs them equal: pass input_signature= with those "
+        "dimensions fixed, e.g. [keras.InputSpec(shape=(None, 16, 4)), keras.InputSpec(shape=(None, 16, 4))], "
+        "or give keras.Input the length",
+        message=r"(incompatible shapes|[Ss]hapes? .{0,40}(must|should) (match|be equal)|Dimensions must be equal)"
+        r"[^\n]{0,200}\([^()\n]*\b[a-z_][a-z_0-9]*\b[^()\n]*\)",
+        checks=("export",),
+    ),
+    Rule(
         "inputs_do_not_fit",
         "the case's inputs do not fit the model: change the shapes or dtypes in the case's "
         "inputs= (or the model's keras.Input)",
@@ -350,16 +361,20 @@ def clean(text: str) -> str:
     return summarize_arrays(ANSI_ESCAPE.sub("", text).strip())
 
 
-#: A printed array: brackets holding only numbers, separators and nan/inf (numpy, TensorFlow
-#: and torch all print this way); long ones are summarised.
-PRINTED_ARRAY = re.compile(r"\[[\[\]\s,0-9eE.+\-naif]*\]")
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf)")
+#: A value as NumPy, TensorFlow, JAX and torch print an array's elements: a number, nan, inf,
+#: a boolean, or the printers' own ellipsis for what they leave out.
+VALUE = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|nan|inf)|True|False"
+#: A printed array: brackets holding only such values and separators. torch wraps it in
+#: `tensor(...)`, TensorFlow in `tf.Tensor(..., shape=..., dtype=...)`, JAX in `Array(...)`; the
+#: wrappers are short, the brackets are what grows.
+PRINTED_ARRAY = re.compile(r"\[(?:[\[\]\s,]|\.\.\.|" + VALUE + r")*\]")
+NUMBER = re.compile(VALUE)
 ARRAY_CHARS = 120
 
 
 def summarize_arrays(text: str) -> str:
-    """Replace each printed array longer than ARRAY_CHARS by its count of values and the first
-    few: a message that prints a model's whole input stays readable and small."""
+    """Replace each printed array longer than ARRAY_CHARS by its first few values and how many
+    were printed: a message that prints a model's whole input stays readable and small."""
 
     def summary(match: re.Match) -> str:
         printed = match.group(0)
@@ -367,7 +382,8 @@ def summarize_arrays(text: str) -> str:
         if len(printed) <= ARRAY_CHARS or len(values) < 8:
             return printed
         depth = len(printed) - len(printed.lstrip("["))
-        return f"[array of {len(values)} values, {depth}-d: {', '.join(values[:4])}, ...]"
+        elided = ", more left out by the printer" if "..." in printed else ""
+        return f"[{depth}-d array, {len(values)} values printed{elided}: {', '.join(values[:4])}, ...]"
 
     return PRINTED_ARRAY.sub(summary, text)
 

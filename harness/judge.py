@@ -96,6 +96,8 @@ class Judge:
                                 for c in self.wanted}
             record["timings"] = reply.get("timings", {})
             record["notes"] = list(reply.get("notes", []))
+            if reply.get("dynamo"):  # what torch.compile left eager in this jit cell
+                record["dynamo"] = reply["dynamo"]
             for check in all_checks.JUDGED:
                 check.judge(self, cell, record, replies)
             self.note_fallbacks(cell, record, replies)

@@ -8,13 +8,14 @@ compile counts. Comparisons across cells happen in the pytest process (`harness.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
 
 from harness import arrays, classify, compile_cache, memory
-from harness.calls import (assign_by_key, backend_jit, build_object, call_function, fresh_torch_compiler, kind_of, load_case,
-                           make_object, results_of, to_numpy_tree, torch_graphs_compiled, wrap_layer)
+from harness.calls import (assign_by_key, backend_jit, build_object, call_function, describe_dynamo, kind_of,
+                           load_case, make_object, results_of, to_numpy_tree, torch_compiler_watch, wrap_layer)
 from harness.cells import Cell
 from harness.checks import build, export, outputs, rng, save, train
 from harness.statuses import ERROR, SKIP
@@ -42,6 +43,7 @@ class CellRun:
         self.weights_loaded: bool | None = None  # None: this cell is the reference
         self.forward = None  # the built object's forward call, for naming XLA's rejected ops
         self.factory_compile = None  # what the factory compiled its model with (`train` uses it)
+        self.dynamo: dict | None = None  # what torch.compile left eager, in a torch jit cell
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -90,21 +92,20 @@ class CellRun:
     def run(self) -> dict:
         if self.device == "gpu":
             memory.reset_gpu_peak(self.backend)
-        graphs_before = None
-        if self.backend == "torch" and self.cell.jit:
-            graphs_before = fresh_torch_compiler()
+        torch_jit = self.backend == "torch" and self.cell.jit
         cache_hits_before = compile_cache.hits(self.backend)
         cpu_before = cpu_seconds()
-        try:
-            self.run_checks()
-        except StepFailed as failed:
-            self.fail(failed)
-            where = f"{failed.failure.check}/{failed.failure.phase}"
-            for check in self.wanted:
-                self.checks.setdefault(check, {"status": SKIP, "reason": f"not run: {where} failed "
-                                                                         f"before it, and it needs what that makes"})
-        if graphs_before is not None:
-            self.record_torch_graphs(torch_graphs_compiled() - graphs_before)
+        with torch_compiler_watch() if torch_jit else contextlib.nullcontext({}) as dynamo:
+            try:
+                self.run_checks()
+            except StepFailed as failed:
+                self.fail(failed)
+                where = f"{failed.failure.check}/{failed.failure.phase}"
+                for check in self.wanted:
+                    self.checks.setdefault(check, {"status": SKIP, "reason": f"not run: {where} failed "
+                                                                             f"before it, and it needs what that makes"})
+        if torch_jit:
+            self.record_torch_compiler(dynamo)
         if cache_hits_before is not None:
             # Compiles served from disk make the first calls' timings cheaper than cold ones.
             self.timings["compile_cache_hits"] = compile_cache.hits(self.backend) - cache_hits_before
@@ -116,6 +117,7 @@ class CellRun:
             "timings": self.timings,
             "notes": self.notes,
             "weights_loaded": self.weights_loaded,
+            **({"dynamo": self.dynamo} if self.dynamo else {}),
         }
 
     def fail(self, failed: StepFailed) -> None:
@@ -123,12 +125,17 @@ class CellRun:
         entry = self.checks.get(failed.failure.check, {})
         self.checks[failed.failure.check] = {**entry, "status": failed.status, "failure": failed.failure.to_json()}
 
-    def record_torch_graphs(self, count: int) -> None:
-        """A torch jit cell says how many graphs torch.compile made: none means it ran eagerly."""
-        self.timings["compiled_graphs"] = count
-        if count == 0 and not any("failure" in check for check in self.checks.values()):
+    def record_torch_compiler(self, dynamo: dict) -> None:
+        """A torch jit cell says how many graphs torch.compile made (none: it ran eagerly), and
+        where dynamo left frames eager or hit its recompile limit."""
+        self.timings["compiled_graphs"] = dynamo["graphs"]
+        if dynamo["graphs"] == 0 and not any("failure" in check for check in self.checks.values()):
             self.notes.append("torch.compile compiled no graph in this jit cell: dynamo ran every "
                               "step eagerly (see the worker log for its reasons)")
+        elif note := describe_dynamo(dynamo):
+            self.notes.append(note)
+        if dynamo["ran_eagerly"] or dynamo["recompile_limit"]:
+            self.dynamo = {k: dynamo[k] for k in ("frames", "ran_eagerly", "recompile_limit")}
 
     def record_memory(self) -> None:
         self.timings["worker_peak_rss_mb"] = memory.host_peak_mb()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from harness import arrays
-from harness.arbiter.verdict import NUDGED_RUNS, Evidence
+from harness.arbiter.verdict import DIVERGES, NUDGED_RUNS, Evidence
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
@@ -167,30 +167,27 @@ class ParitySession:
 
         records = {cell: judge.cell_record(cell, replies) for cell in runnable}
         if judge.to_arbitrate:  # values beyond the plain tolerance: judged again against float64
-            self.arbitrate(judge, replies, {**common, "weights": weights_path, "sample_weight": sample_weight_path},
-                           case_dir, runnable)
-            records = {cell: judge.cell_record(cell, replies) for cell in runnable}
+            records = self.arbitrate(judge, replies, {**common, "weights": weights_path,
+                                                      "sample_weight": sample_weight_path}, case_dir, runnable)
         self.localize(case, case_ref, judge, records, replies, {**common, "weights": weights_path}, case_dir)
         for cell, record in records.items():
             self.records[(case_ref.id, cell.id)] = record
 
-    def arbitrate(self, judge: Judge, replies: CaseReplies, common: dict, case_dir: str, cells: list[Cell]) -> None:
+    def arbitrate(self, judge: Judge, replies: CaseReplies, common: dict, case_dir: str,
+                  cells: list[Cell]) -> dict[Cell, dict]:
         """Phase 4, for the checks whose values failed the plain tolerance in some cell: the
-        case's computation in float64 (`harness.arbiter`), in the backend of the cell they were
-        compared with, in the backend of each such cell (whether its semantics differ), and in
-        TensorFlow's where it runs (whose float64 holds end to end when another's cannot); and
-        the reference's float32 runs from nudged weights and inputs, its round-off band."""
+        case's computation in float64 (`harness.arbiter`) in the backend of the cell they were
+        compared with, with that cell's float32 runs from nudged weights and inputs (its round-off
+        band); in TensorFlow's where that float64 did not hold end to end; then, for the cells
+        that still diverge, in their own backends, which tells a backend that computes something
+        else from one whose float32 computation departs. Returns the records judged with them."""
         ran = {c.backend: c for c in sorted(cells, key=lambda c: (c.jit, c.device))}
-        for check, failing in judge.to_arbitrate.items():
-            reference = judge.reference_for(check, replies)
-            if reference is None:
-                continue
+
+        def run(check: str, reference: Cell, backends: list[str]) -> None:
             folder = os.path.join(case_dir, f"arbiter-{check}")
             request = {**common, "type": "arbitrate", "check": check, "cell": reference.id,
                        "targets": replies.check(reference, "train").get("targets_file") if check == "train" else None}
-            backends = [reference.backend] + sorted({c.backend for c in failing} - {reference.backend})
-            if "tensorflow" in ran and "tensorflow" not in backends:
-                backends.append("tensorflow")
+            evidence = replies.arbiter.setdefault(check, Evidence.empty(check, reference.backend))
             outcomes: dict[str, Outcome] = {}
             jobs = []
             for backend in backends:
@@ -201,7 +198,26 @@ class ParitySession:
                                       "nudged": NUDGED_RUNS if backend == reference.backend else 0},
                                 self.timeout, lambda outcome, backend=backend: outcomes.__setitem__(backend, outcome)))
             self.pool.run(jobs)
-            replies.arbiter[check] = Evidence.from_outcomes(check, reference.backend, outcomes)
+            evidence.add(outcomes)
+
+        references = {check: judge.reference_for(check, replies) for check in judge.to_arbitrate}
+        references = {check: ref for check, ref in references.items() if ref is not None}
+        for check, reference in references.items():
+            run(check, reference, [reference.backend])
+            if not replies.arbiter[check].held.get(reference.backend) and reference.backend != "tensorflow" \
+                    and "tensorflow" in ran:
+                run(check, reference, ["tensorflow"])
+        records = {cell: judge.cell_record(cell, replies) for cell in cells}
+        again = False
+        for check, reference in references.items():
+            evidence = replies.arbiter[check]
+            in_question = sorted({cell.backend for cell, record in records.items()
+                                  if record["checks"].get(check, {}).get("float64", {}).get("verdict") == DIVERGES
+                                  and cell.backend not in evidence.float64 and cell.backend not in evidence.errors})
+            if in_question and evidence.truth_backend:
+                run(check, reference, in_question)
+                again = True
+        return {cell: judge.cell_record(cell, replies) for cell in cells} if again else records
 
     def localize(self, case: Case, case_ref: CaseRef, judge: Judge, records: dict[Cell, dict],
                  replies: CaseReplies, common: dict, case_dir: str) -> None:
@@ -223,10 +239,12 @@ class ParitySession:
                 return Job(cell.worker_key, {**base, "cell": cell.id, "out_dir": out_dir, **request}, self.timeout,
                            lambda outcome, cell=cell: replies_of.__setitem__(cell, outcome))
 
-            self.pool.run([job(reference, reference=None)])
+            # The reference taps its layers, and again in float64: each layer is judged against it.
+            self.pool.run([job(reference, reference=None, float64=True)])
             found = replies_of[reference].reply or {"error": f"the reference's worker: {replies_of[reference].message}"}
             if not found.get("error"):
-                self.pool.run([job(cell, reference={"file": found["file"], "calls": found["calls"]},
+                float64 = {"float64_file": found["float64_file"]} if found.get("float64_held") else {}
+                self.pool.run([job(cell, reference={"file": found["file"], "calls": found["calls"], **float64},
                                    repro_dir=self.report_dir and localize.repro_folder(
                                        self.report_dir, case_ref.id, cell, check)) for cell in cells])
             localize.judge(records, check, reference, cells, {

@@ -1,11 +1,15 @@
 """The pure parts, without workers: cell plans, the case API, array transport, comparisons,
 status arithmetic and error classification."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import harness
-from harness import arrays, classify, compare
+from harness import arrays, cells, classify, compare
 from harness.cells import Cell, UsageError, plan_cells, validate_pattern
 from harness.statuses import worst
 
@@ -381,8 +385,40 @@ def test_arrays_in_messages_are_summarised_not_printed_whole():
     _, failure = classify.describe(ValueError(f"Can not cast {printed} to float64"), check="export",
                                    phase="reload_tfsmlayer", jit=False)
     assert len(failure.message) < 200
-    assert "[array of 400 values, 2-d: 0., 0.14285715, 0.2857143, 0.42857143, ...]" in failure.message
+    assert "[2-d array, 400 values printed: 0., 0.14285715, 0.2857143, 0.42857143, ...]" in failure.message
     assert classify.summarize_arrays("shape [2, 3] and [[1 2] [3 4]]") == "shape [2, 3] and [[1 2] [3 4]]"
+
+
+PRINT_A_TENSOR = """
+import sys
+import numpy as np
+import keras
+from harness import classify
+values = np.random.default_rng(0).normal(size=(30, 40)).astype("float32")
+for tensor in (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(values) > 0):
+    try:
+        raise ValueError(f"the layer got {tensor} where it wanted a scalar")
+    except ValueError as exc:
+        _, failure = classify.describe(exc, check="outputs", phase="predict", jit=False)
+    print(len(str(tensor)), repr(failure.message))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_tensors_each_backend_prints_are_summarised(backend):
+    """torch prints `tensor([[...]])` over many lines, TensorFlow `tf.Tensor(...)`, JAX `Array(...)`,
+    booleans as True/False: every one of them is summarised in a failure's message."""
+    if backend not in cells.installed_backends():
+        pytest.skip(f"{backend} is not installed")
+    done = subprocess.run([sys.executable, "-c", PRINT_A_TENSOR], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": backend})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()[-2:]
+    for line, first in zip(lines, ("0.1257", "True")):
+        printed, message = line.split(" ", 1)
+        assert int(printed) > 250 and len(message) < 200, line
+        assert "2-d array" in message and "more left out by the printer" in message and first in message, line
+        assert "\\n" not in message, line
 
 
 def test_the_mapped_npz_reader_agrees_with_numpy(tmp_path):

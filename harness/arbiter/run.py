@@ -41,7 +41,7 @@ def serve(request: dict, backend: str) -> dict:
     reply = {"type": "arbitrated", "backend": backend, "seconds": runs.seconds}
     for index in range(request.get("nudged", 0)):
         try:
-            reply.setdefault("nudged", []).append(runs.nudged(index))
+            reply.setdefault("nudged", []).append(runs.float32(nudged=index))
         except Exception as exc:  # noqa: BLE001 - the band is then the reference's own error alone
             reply["nudged_error"] = f"{type(exc).__name__}: {exc}"[:500]
             break
@@ -219,15 +219,19 @@ class ArbiterRuns:
         narrowed = narrow_variables + [f"{what}{f' (x{n})' if n > 1 else ''}" for what, n in watch.narrowed.items()]
         return {"float64_file": self.save("float64", results), "held": not narrowed, "narrowed": narrowed[:20]}
 
-    def nudged(self, index: int) -> str:
-        """A float32 run from the weights and inputs moved by one ulp, as the reference cell runs."""
+    def float32(self, nudged: int | None = None) -> str:
+        """A float32 run as the reference cell runs, from the weights and inputs as given or, with
+        `nudged` (a seed), moved by one ulp."""
         from harness.calls import assign_by_key
 
         t0 = time.perf_counter()
-        rng = np.random.default_rng([self.request["seed"], index])
-        inputs = nudge(self.inputs, rng)
+        inputs, weights = self.inputs, dict(self.weights)
+        if nudged is not None:
+            rng = np.random.default_rng([self.request["seed"], nudged])
+            inputs, weights = nudge(inputs, rng), nudge(weights, rng)
         model, factory_config = self.build(inputs)
-        assign_by_key(model.weights, nudge(dict(self.weights), rng))
+        assign_by_key(model.weights, weights)
         results = self.computation(model, factory_config, inputs, None, jit=Cell.parse(self.request["cell"]).jit)
-        self.seconds[f"nudged_{index + 1}_s"] = time.perf_counter() - t0
-        return self.save(f"nudged{index + 1}", results)
+        name = "float32" if nudged is None else f"nudged{nudged + 1}"
+        self.seconds[f"{name}_s"] = time.perf_counter() - t0
+        return self.save(name, results)

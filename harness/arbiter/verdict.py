@@ -86,26 +86,30 @@ class Evidence:
     judged: dict = dataclasses.field(default_factory=dict)  # the checks' judgements, cached per cell
 
     @classmethod
-    def from_outcomes(cls, check: str, reference_backend: str, outcomes: dict) -> Evidence:
-        """From the `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by backend."""
-        found = cls(check, reference_backend, {}, {}, {}, {}, [], {})
+    def empty(cls, check: str, reference_backend: str) -> Evidence:
+        return cls(check, reference_backend, {}, {}, {}, {}, [], {})
+
+    def add(self, outcomes: dict) -> None:
+        """The `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by backend; what was judged
+        before is judged again with them."""
+        self.judged.clear()
+        self.__dict__.pop("values", None)
         for backend, outcome in outcomes.items():
             reply = outcome.reply
             if reply is None:
-                found.errors[backend] = f"the worker: {outcome.status}: {outcome.message}"[:500]
+                self.errors[backend] = f"the worker: {outcome.status}: {outcome.message}"[:500]
                 continue
-            found.seconds.update({f"{backend}_{k}": v for k, v in reply.get("seconds", {}).items()})
-            if backend == reference_backend:
-                found.nudged = list(reply.get("nudged", []))
-                if reply.get("nudged_error"):
-                    found.errors[f"{backend} nudged"] = reply["nudged_error"]
+            self.seconds.update({f"{backend}_{k}": v for k, v in reply.get("seconds", {}).items()})
+            if reply.get("nudged"):
+                self.nudged = list(reply["nudged"])
+            if reply.get("nudged_error"):
+                self.errors[f"{backend} nudged"] = reply["nudged_error"]
             if reply.get("float64_error"):
-                found.errors[backend] = reply["float64_error"]
+                self.errors[backend] = reply["float64_error"]
                 continue
-            found.float64[backend] = reply["float64_file"]
-            found.held[backend] = reply["held"]
-            found.narrowed[backend] = reply["narrowed"]
-        return found
+            self.float64[backend] = reply["float64_file"]
+            self.held[backend] = reply["held"]
+            self.narrowed[backend] = reply["narrowed"]
 
     @property
     def truth_backend(self) -> str | None:
@@ -154,17 +158,22 @@ class Judgement:
     band: float
     why: str  # within_tolerance, within_band, roundoff_dominated, numerical, semantics, beyond_band
     own_float64_error: float | None = None  # this backend's float64 against the truth
+    carried: float = 1.0  # the band widened by the difference this cell carried from the step before
 
     def to_json(self) -> dict:
         found = {"verdict": self.verdict, "error": self.error, "reference_error": self.reference_error,
                  "band": self.band, "why": self.why}
         if self.own_float64_error is not None:
             found["own_float64_error"] = self.own_float64_error
+        if self.carried > 1:
+            found["carried"] = self.carried
         return found
 
     def sentence(self) -> str:
+        carried = (f", x{self.carried:.2g} for the distance from float64 this cell carried from the step before"
+                   if self.carried > 1 else "")
         figures = (f"RMSE against float64 {self.error:.3g}, the reference's {self.reference_error:.3g}, "
-                   f"the round-off band {self.band:.3g}")
+                   f"the round-off band {self.band:.3g}{carried}")
         return {
             "within_tolerance": "within the plain tolerance of float64",
             "within_band": f"within float32 round-off ({figures})",
@@ -178,28 +187,51 @@ class Judgement:
         }[self.why]
 
 
-def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: float) -> Judgement:
+def widest_sample(reference, truth, samples: list) -> float:
+    """The largest error against float64 among the round-off samples (the reference and the
+    nudged runs)."""
+    return max([error(reference, truth)] + [error(s, truth) for s in samples])
+
+
+def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: float,
+                carried: float = 1.0) -> Judgement:
     """One float32 value of a cell against the truth, the reference's value and the nudged runs'
-    (`own`: this backend's float64 value, or None)."""
+    (`own`: this backend's float64 value, or None). `carried`: how many times farther from
+    float64 than the round-off samples this cell already was (a training step's starting weights):
+    the band widens by it, as training amplifies every difference it starts from alike."""
     reference_error = error(reference, truth)
-    widest = max([reference_error] + [error(s, truth) for s in samples])
-    band = MULTIPLE * widest
+    widest = widest_sample(reference, truth, samples)
+    carried = max(1.0, carried)
+    band = MULTIPLE * widest * carried
     mine = error(got, truth)
     if within_tolerance(got, truth, rtol, atol):
-        return Judgement(ROUNDOFF, mine, reference_error, band, "within_tolerance")
+        return Judgement(ROUNDOFF, mine, reference_error, band, "within_tolerance", carried=carried)
     if mine <= band:
-        return Judgement(ROUNDOFF, mine, reference_error, band, "within_band")
+        return Judgement(ROUNDOFF, mine, reference_error, band, "within_band", carried=carried)
     # A NaN or infinity where float64 and every round-off sample are finite is never round-off.
     finite_elsewhere = np.isfinite(np.asarray(truth, np.float64)) & np.isfinite(np.asarray(reference, np.float64))
     for sample in samples:
         finite_elsewhere &= np.isfinite(np.asarray(sample, np.float64))
     if widest > ROUNDOFF_DOMINATES * size_of(truth) and np.isfinite(np.asarray(got, np.float64))[finite_elsewhere].all():
-        return Judgement(ROUNDOFF, mine, reference_error, band, "roundoff_dominated")
+        return Judgement(ROUNDOFF, mine, reference_error, band, "roundoff_dominated", carried=carried)
     if own is None:
-        return Judgement(DIVERGES, mine, reference_error, band, "beyond_band")
+        return Judgement(DIVERGES, mine, reference_error, band, "beyond_band", carried=carried)
     apart = error(own, truth)
     same_function = apart <= band or within_tolerance(own, truth, rtol, atol)
-    return Judgement(DIVERGES, mine, reference_error, band, "numerical" if same_function else "semantics", apart)
+    return Judgement(DIVERGES, mine, reference_error, band, "numerical" if same_function else "semantics", apart,
+                     carried)
+
+
+def distance_ratio(got: dict, reference: dict, truth: dict, samples: list[dict], keys: list[str]) -> float:
+    """How many times farther from float64 than the round-off samples `got` is, at its worst over
+    `keys` (values the samples put exactly on float64 left out), capped at MULTIPLE: beyond it
+    a value was judged a divergence already."""
+    worst = 0.0
+    for key in keys:
+        widest = widest_sample(reference[key], truth[key], [s[key] for s in samples if key in s])
+        if widest > 0 and np.isfinite(widest):
+            worst = max(worst, error(got[key], truth[key]) / widest)
+    return min(MULTIPLE, worst)
 
 
 def reference_far(reference_error: float, others: list[float], rtol: float, atol: float, truth) -> bool:

@@ -325,25 +325,8 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     base = {k: v for k, v in plain.items() if k not in ("first_divergence", "message")}
     base["float64"] = account
     account["growth"] = growth(mine, ref, truth, evidence.samples())
-    beyond, first = [], None
-    own = evidence.own(cell.backend)
-    for step, quantity, name, key in step_keys(ref):
-        if key not in mine or key not in truth:
-            continue
-        verdict = compare.compare_arrays(name, ref[key], mine[key], str(ref[key].dtype), rtol, atol,
-                                         own_scale=quantity in ("loss", "metric"))
-        if verdict["status"] == PASS:
-            continue
-        judged = arbiter.judge_value(mine[key], ref[key], truth[key], [s[key] for s in evidence.samples() if key in s],
-                                     None if own is None or key not in own else own[key],
-                                     *compare.tolerance(str(ref[key].dtype), rtol, atol))
-        beyond.append((step, quantity, name, judged))
-        if judged.verdict == arbiter.DIVERGES:
-            first_judged = judged
-            first = {"step": step, "quantity": quantity, "variable": name, "max_abs_err": verdict.get("max_abs_err"),
-                     "message": verdict.get("message"), "float64": judged.to_json(),
-                     "introduced_at_step": step}
-            break
+    beyond, first = judge_steps(ref, mine, truth, evidence.samples(), evidence.own(cell.backend), rtol, atol)
+    first_judged = beyond[-1][3] if first else None
     widest = max(beyond, key=lambda b: b[3].error / b[3].band if b[3].band else 0, default=None)
     account["beyond_tolerance"] = len(beyond)
     account["roundoff_dominated"] = sum(b[3].why == "roundoff_dominated" for b in beyond)
@@ -368,10 +351,38 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     return {**base, "status": MISMATCH, "first_divergence": first, "message": message}
 
 
+def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: dict | None, rtol, atol):
+    """Every recorded value of a cell beyond the plain tolerance of the reference's, in a step's
+    order, judged against float64 (`harness.arbiter.verdict`): the judged values as (step,
+    quantity, name, judgement), up to the first that diverges, and that first divergence (None
+    where every one is within float32 round-off)."""
+    beyond, carried = [], {}
+    for step, quantity, name, key in step_keys(ref):
+        if key not in mine or key not in truth:
+            continue
+        if step not in carried:  # how far from float64 this cell's weights started the step
+            before = [k for k in truth if k.startswith(f"{step - 1}/weight/") and k in mine and k in ref]
+            carried[step] = arbiter.distance_ratio(mine, ref, truth, samples, before)
+        verdict = compare.compare_arrays(name, ref[key], mine[key], str(ref[key].dtype), rtol, atol,
+                                         own_scale=quantity in ("loss", "metric"))
+        if verdict["status"] == PASS:
+            continue
+        judged = arbiter.judge_value(mine[key], ref[key], truth[key], [s[key] for s in samples if key in s],
+                                     None if own is None or key not in own else own[key],
+                                     *compare.tolerance(str(ref[key].dtype), rtol, atol), carried=carried[step])
+        beyond.append((step, quantity, name, judged))
+        if judged.verdict == arbiter.DIVERGES:
+            return beyond, {"step": step, "quantity": quantity, "variable": name,
+                            "max_abs_err": verdict.get("max_abs_err"), "message": verdict.get("message"),
+                            "float64": judged.to_json(), "introduced_at_step": step}
+    return beyond, None
+
+
 def growth(mine: dict, ref: dict, truth: dict, samples: list) -> list[dict]:
-    """Per step, how far this cell's weights are from the reference's and from float64, beside
-    the reference's and the nudged runs' distance from float64 (relative RMS over every weight):
-    round-off that training amplifies grows in all of them alike."""
+    """Per step, how far this cell's weights are from the reference's and from float64 (the median
+    over weights of each one's RMSE relative to its size), beside the reference's and the nudged
+    runs' distance from float64, and the ratio of this cell's distance to theirs at its worst
+    (`ratio`, capped at the multiple): round-off that training amplifies grows in all of them alike."""
     rows = []
     steps = sorted({int(k.split("/", 1)[0]) for k in truth if "/weight/" in k})
     for step in steps:
@@ -381,13 +392,12 @@ def growth(mine: dict, ref: dict, truth: dict, samples: list) -> list[dict]:
             continue
 
         def relative(a: dict, b: dict) -> float:
-            num = sum(arbiter.error(a[k], b[k]) ** 2 * np.size(b[k]) for k in keys if k in a)
-            den = sum(float(np.sum(np.asarray(b[k], np.float64) ** 2)) for k in keys)
-            return float(np.sqrt(num / den)) if den else float(np.sqrt(num))
+            return float(np.median([arbiter.error(a[k], b[k]) / (arbiter.size_of(b[k]) or 1.0) for k in keys]))
 
         rows.append({"step": step, "vs_reference": relative(mine, ref), "vs_float64": relative(mine, truth),
                      "reference_vs_float64": relative(ref, truth),
-                     "nudged_vs_float64": max((relative(s, truth) for s in samples), default=None)})
+                     "nudged_vs_float64": max((relative(s, truth) for s in samples), default=None),
+                     "ratio": arbiter.distance_ratio(mine, ref, truth, samples, keys)})
     return rows
 
 

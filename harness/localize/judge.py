@@ -56,7 +56,7 @@ def judge(records: dict[Cell, dict], check: str, reference: Cell, cells: list[Ce
                 reply = {**reply, "first_divergence": first}
         sibling = records.get(Cell(cell.backend, cell.device, False))
         sibling_agrees = bool(sibling) and sibling["checks"].get(check, {}).get("status") == PASS
-        merge(records[cell], check, reply, cell, reference, name, sibling_agrees)
+        merge(records[cell], check, reply, cell, reference, name, sibling_agrees, reference_reply)
         seconds = reply.get("seconds", {})
         records[cell]["timings"].update({f"localize_{k}": v for k, v in seconds.items()})
     if reference in records and reference_reply.get("seconds"):
@@ -65,7 +65,7 @@ def judge(records: dict[Cell, dict], check: str, reference: Cell, cells: list[Ce
 
 
 def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, outlier_name: str | None,
-          sibling_agrees: bool) -> None:
+          sibling_agrees: bool, reference_reply: dict) -> None:
     """Add a localization to the cell's record: `first_divergence` (with the outlier and, for a
     jit cell whose nojit sibling agrees, the compiler as the cause), the per-layer table, and
     the failure's message, which names the layer and the outlier first."""
@@ -76,9 +76,19 @@ def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, ou
     first = dict(reply.get("first_divergence") or {})
     localization = {"layers": reply.get("layers", []), "compared_with": reference.id, "tapped": (
         TAPPED_UNDER_COMPILER if cell.jit else "tapped without a compiler, as the cell runs")}
+    if check == "train":
+        localization["mode"] = "training: the step's forward pass, its layers (and the layer alone) in training mode"
     if not reply.get("compiled_as_asked", True):
         localization["tapped"] = ("the tapped model ran without a compiler (Keras refused jit for it, or dynamo "
                                   "compiled no graph of it)")
+    if reply.get("dynamo"):
+        localization["dynamo"] = reply["dynamo"]
+    if reply.get("judged_with_float64"):
+        localization["float64"] = ("each layer beyond the plain tolerance was judged against the reference's float64 "
+                                   "run too: within float32 round-off of it, a layer agrees")
+    else:
+        why = reference_reply.get("float64_error") or "; ".join(reference_reply.get("narrowed", [])) or "not run"
+        localization["float64"] = f"layers judged by the plain tolerance alone (float64 did not hold: {why})"
     if outlier_name:
         first["outlier"] = outlier_name
     if cell.jit and sibling_agrees:

@@ -21,8 +21,8 @@ SCRIPT = '''"""Reproduces a divergence keras-parity localized: {what}.
     KERAS_BACKEND={backend} python repro.py{jit_flag}
 
 Runs piece.keras ({piece}, with the reference cell's weights) on the inputs the reference cell
-({reference}) gave it, and prints its error against the reference's output (expected.npz).
-Another backend: change KERAS_BACKEND; --jit compiles the piece as a jit cell does.
+({reference}) gave it, {mode}, and prints its error against the reference's output
+(expected.npz). Another backend: change KERAS_BACKEND; --jit compiles the piece as a jit cell does.
 """
 import argparse
 import importlib
@@ -61,6 +61,17 @@ def main():
     info = json.load(open(os.path.join(HERE, "repro.json")))
     model = keras.saving.load_model(os.path.join(HERE, "piece.keras"), custom_objects=custom_objects(info),
                                     compile=False)
+    if info["training"]:  # the piece ran in a training step: call it in training mode
+
+        class InTraining(keras.Model):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def call(self, inputs):
+                return self.inner(inputs, training=True)
+
+        model = InTraining(model)
     model.compile(jit_compile=jit)
     got = [np.asarray(o) for o in keras.tree.flatten(model.predict_on_batch(arrays("inputs.npz")))]
     worst, beyond = 0.0, False
@@ -85,8 +96,8 @@ if __name__ == "__main__":
 
 def write(folder: str, piece, inputs: list[np.ndarray], expected: list[np.ndarray], info: dict) -> None:
     """The reproducer's files; `info`: what (one line), backend, jit, reference, piece (in
-    words), tolerances ((rtol, atol) per output), and the module to import for custom layers
-    (module, import_root)."""
+    words), training (whether the piece ran in a training step), tolerances ((rtol, atol) per
+    output), and the module to import for custom layers (module, import_root)."""
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     piece.save(os.path.join(folder, "piece.keras"))
@@ -96,15 +107,16 @@ def write(folder: str, piece, inputs: list[np.ndarray], expected: list[np.ndarra
         json.dump(info, f, indent=1)
     with open(os.path.join(folder, "repro.py"), "w") as f:
         f.write(SCRIPT.format(what=info["what"], backend=info["backend"], jit_flag=" --jit" if info["jit"] else "",
-                              piece=info["piece"], reference=info["reference"]))
+                              piece=info["piece"], reference=info["reference"],
+                              mode="in training mode, as in the training step" if info["training"] else "at inference"))
 
 
-def check(folder: str, jit: bool, timeout: float = 300) -> dict:
-    """Run the script in a fresh process under this worker's backend: its verdict, or why
-    there is none."""
+def check(folder: str, backend: str, jit: bool, timeout: float = 300) -> dict:
+    """Run the script in a fresh process under `backend`: its verdict, or why there is none."""
     command = [sys.executable, os.path.join(folder, "repro.py")] + (["--jit"] if jit else [])
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=folder)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=folder,
+                              env={**os.environ, "KERAS_BACKEND": backend})
     except subprocess.TimeoutExpired:
         return {"reproduces": False, "why": f"the script took more than {timeout:g} s"}
     lines = done.stdout.strip().splitlines()

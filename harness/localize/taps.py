@@ -198,7 +198,22 @@ def functional_pieces(model, calls: list[LayerCall], culprit: LayerCall, most: i
             continue
 
 
-def predict(model, inputs: list[np.ndarray], *, jit: bool) -> list[np.ndarray]:
-    """The piece's output tensors, predicted the cell's way."""
-    model.compile(jit_compile=jit)
-    return [np.asarray(o) for o in keras.tree.flatten(model.predict_on_batch(inputs))]
+class InTraining(keras.Model):
+    """A model called in training mode through Keras' predict step (which calls it with
+    `training=False`), so that a piece of a training step runs as it ran there."""
+
+    def __init__(self, inner):
+        super().__init__(name=f"{inner.name}_in_training")
+        self.inner = inner
+        self.built = True
+
+    def call(self, inputs):
+        return self.inner(inputs, training=True)
+
+
+def predict(model, inputs: list[np.ndarray], *, jit: bool, training: bool = False) -> list[np.ndarray]:
+    """The piece's output tensors, predicted the cell's way, in training mode where the
+    localized step was a training step."""
+    runner = InTraining(model) if training else model
+    runner.compile(jit_compile=jit)
+    return [np.asarray(o) for o in keras.tree.flatten(runner.predict_on_batch(inputs))]

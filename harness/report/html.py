@@ -59,13 +59,14 @@ def render(report: dict) -> str:
         f"<p class=\"muted\">{versions}</p>" if versions else "",
         "".join(f'<p class="muted machine">Machine: {esc(line)}</p>' for line in tables.machines(run)),
         render_matrix(cells, anchors),
-        render_coverage(cells),
+        render_failures(cells, anchors),
+        render_localized(cells),
+        render_arbitrated(cells),
         render_machine_dependent(cells),
         render_compile_failures(cells),
-        render_timings(cells),
         render_save_matrix(cells),
-        render_localized(cells),
-        render_failures(cells, failed, anchors),
+        render_coverage(cells),
+        render_timings(cells),
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p) + "\n"
@@ -87,7 +88,7 @@ def render_matrix(cells: list[dict], anchors: dict) -> str:
             if record is None:
                 tds.append("<td></td>")
                 continue
-            text = esc(record["status"]) + f' <br><small class="marks">{esc(tables.check_marks(record))}</small>'
+            text = esc(tables.status_label(record, marks={})) + f' <br><small class="marks">{esc(tables.check_marks(record))}</small>'
             message = "; ".join(f"{name}: {f.get('root_cause') or f.get('message', '')}"
                                 for name, f in tables.check_failures(record))
             tds.append(status_td(record["status"], text, anchors.get((case, record["cell"])), message[:300]))
@@ -241,22 +242,24 @@ def render_localized(cells: list[dict]) -> str:
         return ""
     parts = ["<h2>Localized divergences</h2><p>Where each mismatching cell first departs from the reference, "
              "layer by layer in the reference's order (max abs errors; growth: the output's error over its "
-             "inputs'; output: within the case's tolerance of the reference's or not). The chart: each layer's output error, log scale.</p>"]
+             "inputs'; output: within the case's tolerance of the reference's, beyond it but within float32 round-off of "
+             "float64, or departing). The chart: each layer's output error, log scale.</p>"]
     for i, d in enumerate(found, 1):
         rows = "".join(
+            f'<tr class="gap"><td colspan="7" class="muted">... {row["gap"]} more layers in parity.json</td></tr>'
+            if "gap" in row else
             (FIRST_ROW if row["key"] == d.first_key else "<tr>")
             + f"<td><code>{esc(row['key'])}</code></td><td>{esc(row['class'])}</td><td>{esc(tuple(row['shape']))}</td>"
             f"<td>{esc(tables.format_error(row.get('inputs_err')))}</td>"
             f"<td>{esc(tables.format_error(row.get('output_err')))}</td><td>{esc(row['growth'])}</td>"
             f"<td>{'departs first' if row['key'] == d.first_key else esc(row['verdict'])}</td></tr>"
             for row in d.layers)
-        more = f'<p class="muted">{d.more} more layers in parity.json</p>' if d.more else ""
         reproduce = f"<p>Reproduce: <code>{esc(d.reproducer)}</code></p>" if d.reproducer else ""
         parts.append(f'<section id="localized-{i}" class="localized"><h3><code>{esc(d.case)}</code> '
                      f"[{esc(d.cell)}] {esc(d.check)}</h3><p>{esc(d.summary)}</p>{reproduce}"
-                     f'<div class="chart">{error_chart(d.layers)}</div>'
+                     f'<div class="chart">{error_chart([r for r in d.layers if "gap" not in r])}</div>'
                      f"<table><thead><tr><th>layer</th><th>class</th><th>output shape</th><th>inputs err</th>"
-                     f"<th>output err</th><th>growth</th><th>output</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>")
+                     f"<th>output err</th><th>growth</th><th>output</th></tr></thead><tbody>{rows}</tbody></table></section>")
     return "".join(parts)
 
 
@@ -321,30 +324,61 @@ def render_properties(properties: list[dict]) -> str:
     return "".join(parts)
 
 
-def render_failures(cells: list[dict], failed: list[dict], anchors: dict) -> str:
+def render_arbitrated(cells: list[dict]) -> str:
+    rows = tables.arbitrated(cells)
+    if not rows:
+        return ""
+    body = []
+    for r in rows:
+        widest = r["widest"] or {}
+        figures = f"{widest['error']:.3g} / {widest['band']:.3g} ({widest['why']})" if widest else ""
+        if r["chaotic"]:
+            figures += f"; {r['chaotic']} of {r['beyond']} beyond tolerance dominated by round-off"
+        departs = r["outlier"] or ("the reference: " + r["reference_far"] if r["reference_far"] else "")
+        body.append(f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['cell'])}</td><td>{esc(r['check'])}</td>"
+                    f"<td>{esc(r['verdict'])}</td><td>{esc(r['truth'] or 'none held')}</td><td>{esc(figures)}</td>"
+                    f"<td>{esc(departs)}</td></tr>")
+    return ('<h2>Judged against float64</h2><p class="muted">Checks whose values failed the plain tolerance, judged '
+            "again against the case run in float64: within float32 round-off (RMSE against float64 within the band, "
+            "3x the widest of the reference's and its nudged runs'), or diverging.</p>"
+            '<table id="float64"><thead><tr><th>case</th><th>cell</th><th>check</th><th>verdict</th><th>float64 from</th>'
+            "<th>widest value: RMSE vs float64 / band</th><th>departs</th></tr></thead><tbody>"
+            + "".join(body) + "</tbody></table>")
+
+
+def render_failures(cells: list[dict], anchors: dict) -> str:
     properties = tables.model_properties(cells)
     parts = [render_properties(properties)]
-    if failed:
-        parts.append("<h2>Failures</h2>")
-    for c in failed:
-        f = c.get("failure") or {}
-        parts.append(f'<section id="{anchors[(c["case"], c["cell"])]}" class="failure">'
-                     f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}</h3>")
-        if c.get("xfail"):
-            x = c["xfail"]
-            parts.append(f"<p>Declared: {esc(x.get('expected'))} ({esc(x.get('reason'))}); "
-                         f"got {esc(x.get('actual'))}.</p>")
-        for name, failure in tables.divergences(c, properties):
-            parts.append(render_failure(name, failure))
-        shared = [(i, p) for i, p in enumerate(properties, 1) if p["case"] == c["case"] and c["cell"] in p["cells"]]
-        if shared:
-            links = ", ".join(f'<a href="#property-{i}">{esc(p["check"])}: {esc(p["failure"].get("kind", ""))}</a>'
-                              for i, p in shared)
-            parts.append(f'<p class="muted">Failing as in every cell of the case (the model\'s): {links}</p>')
-        for note in c.get("notes", []):
-            parts.append(f'<p class="muted">Note: {esc(note)}</p>')
-        if f.get("log_tail"):
-            parts.append(f"<details><summary>Worker log</summary><pre>{esc(f['log_tail'])}</pre></details>")
-        parts.append("<details><summary>Checks</summary><pre>"
-                     f"{esc(json.dumps(c.get('checks', {}), indent=1, sort_keys=True))}</pre></details></section>")
+    groups = tables.failure_groups(cells, properties)
+    if groups:
+        parts.append('<h2>Failures</h2><p class="muted">Divergences first (values that differ), then errors by '
+                     "the check that failed.</p>")
+    for title, failed in groups:
+        parts.append(f"<h3>{esc(title)}</h3>")
+        for c, bad in failed:
+            parts.append(render_cell_failures(c, bad, properties, anchors))
+    return "".join(parts)
+
+
+def render_cell_failures(c: dict, bad: list, properties: list[dict], anchors: dict) -> str:
+    f = c.get("failure") or {}
+    parts = [f'<section id="{anchors[(c["case"], c["cell"])]}" class="failure">'
+             f"<h3><code>{esc(c['case'])}</code> [{esc(c['cell'])}] {esc(c['status'])}</h3>"]
+    if c.get("xfail"):
+        x = c["xfail"]
+        parts.append(f"<p>Declared: {esc(x.get('expected'))} ({esc(x.get('reason'))}); "
+                     f"got {esc(x.get('actual'))}.</p>")
+    for name, failure in bad:
+        parts.append(render_failure(name, failure))
+    shared = [(i, p) for i, p in enumerate(properties, 1) if p["case"] == c["case"] and c["cell"] in p["cells"]]
+    if shared:
+        links = ", ".join(f'<a href="#property-{i}">{esc(p["check"])}: {esc(p["failure"].get("kind", ""))}</a>'
+                          for i, p in shared)
+        parts.append(f'<p class="muted">Failing as in every cell of the case (the model\'s): {links}</p>')
+    for note in c.get("notes", []):
+        parts.append(f'<p class="muted">Note: {esc(note)}</p>')
+    if f.get("log_tail"):
+        parts.append(f"<details><summary>Worker log</summary><pre>{esc(f['log_tail'])}</pre></details>")
+    parts.append("<details><summary>Checks</summary><pre>"
+                 f"{esc(json.dumps(c.get('checks', {}), indent=1, sort_keys=True))}</pre></details></section>")
     return "".join(parts)

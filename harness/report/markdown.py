@@ -27,13 +27,16 @@ def render(report: dict) -> str:
     lines += render_matrix(cells)
     for case, compared in tables.fallback_references(cells):
         lines.append(f"\nFallback reference for `{escape(case)}` (its reference cell failed): {escape(compared)}")
-    lines += render_coverage(cells)
+    # What matters first: what failed (divergences before errors), where it diverges, what the
+    # float64 arbiter said; then the tables about the run.
+    lines += render_failures(cells)
+    lines += render_localized(cells)
+    lines += render_arbitrated(cells)
     lines += render_machine_dependent(cells)
     lines += render_compile_failures(cells)
-    lines += render_timings(cells)
     lines += render_save_matrix(cells)
-    lines += render_localized(cells)
-    lines += render_failures(cells)
+    lines += render_coverage(cells)
+    lines += render_timings(cells)
     return "\n".join(lines) + "\n"
 
 
@@ -49,8 +52,7 @@ def render_matrix(cells: list[dict]) -> list[str]:
             if record is None:
                 row.append("")
                 continue
-            row.append(tables.STATUS_MARKS.get(record["status"], record["status"])
-                       + f"<br>{escape(tables.check_marks(record))}")
+            row.append(tables.status_label(record) + f"<br>{escape(tables.check_marks(record))}")
         lines.append(f"| `{escape(case)}` | " + " | ".join(row) + " |")
     return lines
 
@@ -139,7 +141,8 @@ def render_localized(cells: list[dict]) -> list[str]:
     lines = ["", "## Localized divergences", "",
              "Where each mismatching cell first departs from the reference, layer by layer in the "
              "reference's order (max abs errors; growth: the output's error over its inputs'; output: "
-             "within the case's tolerance of the reference's or not).", ""]
+             "within the case's tolerance of the reference's, beyond it but within float32 round-off of "
+             "float64, or departing).", ""]
     for d in found:
         lines.append(f"- `{escape(d.case)}` [{d.cell}] {d.check}: {escape(d.summary)}")
         if d.reproducer:
@@ -147,12 +150,13 @@ def render_localized(cells: list[dict]) -> list[str]:
         lines += ["", "  | layer | class | output shape | inputs err | output err | growth | output |",
                   "  |---|---|---|---|---|---|---|"]
         for row in d.layers:
+            if "gap" in row:
+                lines.append(f"  | ... {row['gap']} more layers in parity.json | | | | | | |")
+                continue
             mark = "**departs first**" if row["key"] == d.first_key else row["verdict"]
             lines.append(f"  | `{escape(row['key'])}` | {escape(row['class'])} | {tuple(row['shape'])} | "
                          f"{tables.format_error(row.get('inputs_err'))} | {tables.format_error(row.get('output_err'))} "
                          f"| {row['growth']} | {mark} |")
-        if d.more:
-            lines.append(f"  | ... {d.more} more layers in parity.json | | | | | | |")
         lines.append("")
     return lines
 
@@ -188,15 +192,37 @@ def render_properties(properties: list[dict]) -> list[str]:
 def render_failures(cells: list[dict]) -> list[str]:
     properties = tables.model_properties(cells)
     lines = render_properties(properties)
-    failed = [(c, tables.divergences(c, properties)) for c in tables.failures(cells)]
-    failed = [(c, bad) for c, bad in failed if bad or c.get("xfail")]
-    if not failed:
+    groups = [(title, rows) for title, rows in tables.failure_groups(cells, properties) if title != tables.PROPERTIES_ONLY]
+    if not groups:
         return lines
-    lines += ["", "## Failures", ""]
-    for c, bad in failed:
-        lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**")
-        for name, f in bad:
-            lines += render_failure(name, f)
-        if c.get("xfail"):
-            lines.append(f"  - declared: {escape(c['xfail']['expected'])} ({escape(c['xfail']['reason'])})")
+    lines += ["", "## Failures", "", "Divergences first (values that differ), then errors by the check that failed."]
+    for title, failed in groups:
+        lines += ["", f"### {title}", ""]
+        for c, bad in failed:
+            lines.append(f"- `{escape(c['case'])}` [{c['cell']}] **{c['status']}**")
+            for name, f in bad:
+                lines += render_failure(name, f)
+            if c.get("xfail"):
+                lines.append(f"  - declared: {escape(c['xfail']['expected'])} ({escape(c['xfail']['reason'])})")
+    return lines
+
+
+def render_arbitrated(cells: list[dict]) -> list[str]:
+    rows = tables.arbitrated(cells)
+    if not rows:
+        return []
+    lines = ["", "## Judged against float64", "",
+             "Checks whose values failed the plain tolerance, judged again against the case run in float64: "
+             "within float32 round-off (RMSE against float64 within the band, 3x the widest of the reference's "
+             "and its nudged runs'), or diverging.", "",
+             "| case | cell | check | verdict | float64 from | widest value: RMSE vs float64, band | departs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        widest = r["widest"] or {}
+        figures = (f"{widest['error']:.3g}, {widest['band']:.3g} ({escape(widest['why'])})" if widest else "")
+        if r["chaotic"]:
+            figures += f"; {r['chaotic']} of {r['beyond']} beyond tolerance dominated by round-off"
+        departs = r["outlier"] or ("the reference: " + r["reference_far"] if r["reference_far"] else "")
+        lines.append(f"| `{escape(r['case'])}` | {r['cell']} | {r['check']} | {escape(r['verdict'])} | "
+                     f"{escape(r['truth'] or 'none held')} | {figures} | {escape(departs)} |")
     return lines

@@ -63,6 +63,70 @@ CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "
                "crash": "✗", "timeout": "✗"}
 
 
+def diverged(record: dict) -> list[str]:
+    """The checks whose values diverge in this cell (outputs or training first), declared or not."""
+    return [name for name, check in record.get("checks", {}).items() if check.get("status") == "mismatch"]
+
+
+def status_label(record: dict, marks: dict = STATUS_MARKS) -> str:
+    """The matrix's headline for a cell: its status (with its mark from `marks`), led by the
+    divergence where its values diverge and a worse failure (an exporter's error) sets the status."""
+    status = record["status"]
+    values = [n for n in diverged(record) if n in ("outputs", "train")]
+    if values and status not in ("mismatch", "xfail"):
+        return f"{marks.get('mismatch', 'mismatch')} ({', '.join(values)}) · {marks.get(status, status)}"
+    return marks.get(status, status)
+
+
+def failure_groups(cells: list[dict], properties: list[dict]) -> list[tuple[str, list[tuple[dict, list]]]]:
+    """The failing cells in the order the pages list them, each with its failing checks (the
+    model's properties left out): the cells whose values diverge first, then the cells with
+    errors only, grouped by the check that failed first; last, declared failures that did
+    not happen, and the cells that fail only as every cell of their case does (`PROPERTIES_ONLY`).
+    Within a cell, divergences come before errors."""
+    order = list(CHECK_LETTERS)
+    groups: dict[str, list] = {"Divergences": []}
+    declared_only, properties_only = [], []
+    for c in failures(cells):
+        bad = divergences(c, properties)
+        bad.sort(key=lambda nf: (c["checks"][nf[0]].get("status") != "mismatch", order.index(nf[0]) if nf[0] in order else 99))
+        if not bad:
+            (declared_only if c.get("xfail") else properties_only).append((c, bad))
+            continue
+        if c["checks"][bad[0][0]].get("status") == "mismatch":
+            groups["Divergences"].append((c, bad))
+        else:
+            groups.setdefault(f"Errors in {bad[0][0]}", []).append((c, bad))
+    errors = sorted((g for g in groups if g != "Divergences"), key=lambda g: order.index(g.split()[-1])
+                    if g.split()[-1] in order else 99)
+    found = [(g, groups[g]) for g in ["Divergences", *errors] if groups[g]]
+    return found + [(title, rows) for title, rows in (("Declared, and not as declared", declared_only),
+                                                      (PROPERTIES_ONLY, properties_only)) if rows]
+
+
+PROPERTIES_ONLY = "Failing only as the model does in every cell"
+
+
+def arbitrated(cells: list[dict]) -> list[dict]:
+    """Every check the float64 arbiter judged: case, cell, check, its verdict, the float64 it was
+    judged against, and the widest value's figures."""
+    rows = []
+    for c in cells:
+        for name, check in c.get("checks", {}).items():
+            account = check.get("float64")
+            if not account:
+                continue
+            judged = list((account.get("outputs") or {}).values())
+            first = check.get("first_divergence", {}).get("float64")
+            widest = first or max(judged, key=lambda j: j["error"] / j["band"] if j["band"] else 0, default=None)
+            rows.append({"case": c["case"], "cell": c["cell"], "check": name, "status": c["status"],
+                         "verdict": account.get("verdict", ""), "truth": account.get("truth"),
+                         "outlier": account.get("outlier") or check.get("first_divergence", {}).get("outlier"),
+                         "widest": widest, "reference_far": account.get("reference_far"),
+                         "beyond": account.get("beyond_tolerance"), "chaotic": account.get("roundoff_dominated")})
+    return rows
+
+
 def check_marks(record: dict) -> str:
     """The matrix's per-check summary of a cell: `B✓ O✓ 2.1e-07 T✓ S✗ E·` (✓ passed, ≠
     mismatched, ✗ failed, · skipped or not run), the outputs error beside O (relative to the
@@ -252,6 +316,7 @@ def coverage(cells: list[dict]) -> tuple[list[str], list[dict]]:
 
 
 LAYER_ROWS = 40  # of a localized divergence's per-layer table; the rest in parity.json
+LEAD_ROWS = 10  # where the table is cut: rows kept before the first departing one
 
 
 @dataclasses.dataclass
@@ -261,8 +326,7 @@ class Localized:
     check: str
     summary: str  # the layer, the outlier, the cause, in one sentence
     reproducer: str | None  # the command that reproduces it
-    layers: list[dict]  # per layer: layer, class, shape, inputs_err, output_err, growth, verdict
-    more: int  # layers left out of `layers`
+    layers: list[dict]  # per layer: layer, class, shape, inputs_err, output_err, growth, verdict; {"gap": n} between
     first_key: str | None  # the call of the first diverging layer
 
 
@@ -280,12 +344,31 @@ def growth(row: dict) -> str:
 
 
 def verdict(row: dict) -> str:
-    """Whether the layer's output is within the case's tolerance of the reference's."""
-    return "missing here" if row.get("missing") else "agrees" if row.get("agrees") else "departs"
+    """Whether the layer's output is within the case's tolerance of the reference's, or beyond
+    it but within float32 round-off of float64, or departs."""
+    if row.get("missing"):
+        return "missing here"
+    if row.get("within_roundoff"):
+        return "within round-off"
+    return "agrees" if row.get("agrees") else "departs"
+
+
+def window(rows: list[dict], first: int | None, limit: int = LAYER_ROWS) -> list[dict]:
+    """A long table cut to `limit` rows, never hiding the first departing one: the rows up to
+    the limit where it is among them, else the first LEAD_ROWS, then the rows from LEAD_ROWS
+    before it; `{"gap": n}` stands for the rows left out."""
+    if len(rows) <= limit:
+        return rows
+    if first is None or first < limit - LEAD_ROWS:
+        return rows[:limit] + [{"gap": len(rows) - limit}]
+    start = first - LEAD_ROWS
+    shown = rows[:LEAD_ROWS] + [{"gap": start - LEAD_ROWS}] + rows[start:start + limit - LEAD_ROWS]
+    rest = len(rows) - (start + limit - LEAD_ROWS)
+    return shown + ([{"gap": rest}] if rest > 0 else [])
 
 
 def localized(cells: list[dict]) -> list[Localized]:
-    """Every cell whose divergence was localized, with its per-layer table."""
+    """Every cell whose divergence was localized, with its per-layer table (cut where long)."""
     found = []
     for c in cells:
         for check in ("outputs", "train"):
@@ -293,8 +376,9 @@ def localized(cells: list[dict]) -> list[Localized]:
             if not localization or not localization.get("layers"):
                 continue
             first = localization.get("first_divergence", {})
+            first_key = first.get("call", first.get("layer"))
             rows = [{**row, "growth": growth(row), "verdict": verdict(row)} for row in localization["layers"]]
+            index = next((i for i, row in enumerate(rows) if row["key"] == first_key), None)
             found.append(Localized(c["case"], c["cell"], check, localization.get("summary", ""),
-                                   (first.get("reproducer") or {}).get("command"), rows[:LAYER_ROWS],
-                                   max(0, len(rows) - LAYER_ROWS), first.get("call", first.get("layer"))))
+                                   (first.get("reproducer") or {}).get("command"), window(rows, index), first_key))
     return found
