@@ -65,10 +65,9 @@ class Rule:
         """The hint with the names the message gave (`{arg}`, `{layer}`, `{op}`) and the
         backend's own tools (`{exporter}`)."""
         groups = {k: v for k, v in found.groupdict().items() if v} if isinstance(found, re.Match) else {}
-        names = {"backend": backend or "this backend", "op": "an op it names",
-                 "exporter": ONNX_EXPORTERS.get(backend, "the ONNX exporter"), **groups}
-        if "op" in groups:
-            names["op"] = f"the op {groups['op']}"
+        op = next((v for k, v in groups.items() if k.startswith("op")), None)
+        names = {"backend": backend or "this backend", "exporter": ONNX_EXPORTERS.get(backend, "the ONNX exporter"),
+                 **groups, "on_op": f" on the op {op}" if op else ""}
         return self.hint.format_map(names)
 
 
@@ -295,11 +294,15 @@ RULES = (
     ),
     Rule(
         "onnx_export",
-        "the ONNX route failed ({exporter}, used by model.export(format='onnx') under {backend}) "
-        "on {op}: the SavedModel route (format='tf_saved_model') may still work; otherwise "
-        "replace the op with one the exporter supports, or raise the opset (onnx_program "
-        "options), and report it to the exporter's project",
-        message=r"^.*?(?:No Op registered for |aten::|op_type[=:] ?'?)(?P<op>\w+)|.",
+        "the ONNX route failed ({exporter}, used by model.export(format='onnx') under {backend}){on_op}: "
+        "the SavedModel route (format='tf_saved_model') may still work; otherwise replace what the "
+        "exporter cannot convert with ops it supports, or raise the opset (onnx_program options), and "
+        "report it to the exporter's project",
+        # The op, only where the message names it as the one that failed (a graph it prints
+        # names every op).
+        message=r"^.*?(?:No Op registered for (?P<op>\w+)|implementation for (?P<op2>\w+)\(|"
+        r"Unsupported FX nodes: \{'call_function': \['(?P<op3>[\w.]+)'|(?P<op4>aten::\w+)[^\n]{0,40}not supported|"
+        r"op_type[=:] ?'?(?P<op5>\w+))|.",
         checks=("export",),
         phases=("export_onnx", "onnxruntime"),
     ),

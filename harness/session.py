@@ -1,12 +1,16 @@
 """Runs a case across its cells: the phases, the jobs sent to workers, and the files between them.
 
-When a case's first item runs, the case's selected cells are run at once, in three phases:
+When a case's first item runs, the case's selected cells are run at once, in phases:
 1. the reference cell (its initial weights are what every other cell loads);
 2. every other cell side by side, one queue per worker;
 3. the cross-cell checks: each backend loads the `.keras` files saved under the others, and a
-   TensorFlow worker reloads every backend's SavedModel export through `TFSMLayer`.
-`harness.judge` then turns the replies into one record per cell. Later items of the case
-only read their record.
+   TensorFlow worker reloads every backend's SavedModel export through `TFSMLayer`;
+`harness.judge` then turns the replies into one record per cell;
+4. where values failed the plain tolerance, the float64 arbiter's runs (`harness.arbiter`), and
+   the records judged again with them;
+5. where a model's outputs or a training step's loss still diverge, the localization
+   (`harness.localize`).
+Later items of the case only read their record.
 """
 
 from __future__ import annotations
@@ -221,7 +225,7 @@ class ParitySession:
 
     def localize(self, case: Case, case_ref: CaseRef, judge: Judge, records: dict[Cell, dict],
                  replies: CaseReplies, common: dict, case_dir: str) -> None:
-        """Phase 4, for the cells whose outputs mismatched or whose training first diverged in a
+        """Phase 5, for the cells whose outputs mismatched or whose training first diverged in a
         loss: the reference cell taps its layers, then each such cell compares its own taps
         with them, side by side (`harness.localize`); the records get what they found."""
         for (check, *step), cells in localize.wanted(records, replies).items():

@@ -271,7 +271,8 @@ def compare_steps(case_judge, cell: Cell, reference: Cell, ref_train: dict, trai
     if first is not None:
         result["first_divergence"] = first
         where = f"step {first['step']}, {first['quantity']} {first['variable']}"
-        outlier = f" ({first['outlier']} departs from the other backends)" if first.get("outlier") else ""
+        outlier = (f" ({first['outlier']} {'depart' if ', ' in first['outlier'] else 'departs'} from the other "
+                   f"backends)" if first.get("outlier") else "")
         result["message"] = f"training diverges first at {where}{outlier}: {first['message']}"
         if weights.get("message"):
             result["message"] += f"; after {TRAIN_STEPS} steps, {weights['message']}"
@@ -336,8 +337,7 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
                 + (f" (the widest, step {widest[0]} {widest[1]} {widest[2]}: {widest[3].sentence()})" if widest else ""))
         return {**base, "status": PASS, "float64_note": note}
     account["verdict"] = arbiter.DIVERGES
-    outlier = diverging_backends(case_judge, f"{first['step']}/{first['quantity']}/{first['variable']}",
-                                 reference, replies, evidence)
+    outlier = diverging_backends(case_judge, replies, evidence)
     if first["float64"]["why"] == "semantics" or not outlier:
         outlier = outlier_backend(f"{first['step']}/{first['quantity']}/{first['variable']}", cell, reference,
                                   replies, rtol, atol)
@@ -346,7 +346,8 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     where = f"step {first['step']}, {first['quantity']} {first['variable']}"
     introduced = "" if first["step"] == 1 else (f"; introduced at step {first['step']}: every value of the steps "
                                                 f"before was within float32 round-off of float64")
-    message = (f"training diverges first at {where}{f' ({outlier} departs from the other backends)' if outlier else ''}: "
+    departs = f" ({outlier} {'depart' if ', ' in outlier else 'departs'} from the other backends)" if outlier else ""
+    message = (f"training diverges first at {where}{departs}: "
                f"{first['message']}; against float64 it is {first_judged.sentence()}{introduced}")
     return {**base, "status": MISMATCH, "first_divergence": first, "message": message}
 
@@ -401,23 +402,26 @@ def growth(mine: dict, ref: dict, truth: dict, samples: list) -> list[dict]:
     return rows
 
 
-def diverging_backends(case_judge, key: str, reference: Cell, replies, evidence) -> str | None:
-    """The backends all of whose cells diverge from float64 on `key`."""
-    steps = trained_cells(replies)
-    if reference not in steps:
-        return None
+def first_divergences(case_judge, replies, evidence) -> dict:
+    """Every trained cell's first divergence against float64 (None where it has none), judged as
+    its own check is; cached on the evidence, as the outlier needs every cell's."""
+    if "first divergences" not in evidence.judged:
+        steps = trained_cells(replies)
+        reference = case_judge.reference_for("train", replies)
+        found = {}
+        for other, values in steps.items():
+            if other != reference and reference in steps:
+                found[other] = judge_steps(steps[reference], values, evidence.truth(), evidence.samples(),
+                                           evidence.own(other.backend), case_judge.case.rtol, case_judge.case.atol)[1]
+        evidence.judged["first divergences"] = found
+    return evidence.judged["first divergences"]
+
+
+def diverging_backends(case_judge, replies, evidence) -> str | None:
+    """The backends every trained cell of which diverges from float64."""
     by_backend: dict[str, list[bool]] = {}
-    for other, values in steps.items():
-        if other == reference or key not in values:
-            continue
-        rtol, atol = compare.tolerance(str(steps[reference][key].dtype), case_judge.case.rtol, case_judge.case.atol)
-        plain_ok = compare.compare_arrays(key, steps[reference][key], values[key], str(values[key].dtype), rtol,
-                                          atol)["status"] == PASS
-        truth, own = evidence.truth(), evidence.own(other.backend)
-        judged = None if plain_ok or key not in truth else arbiter.judge_value(
-            values[key], steps[reference][key], truth[key], [s[key] for s in evidence.samples() if key in s],
-            None if own is None or key not in own else own[key], rtol, atol)
-        by_backend.setdefault(other.backend, []).append(judged is not None and judged.verdict == arbiter.DIVERGES)
+    for other, first in first_divergences(case_judge, replies, evidence).items():
+        by_backend.setdefault(other.backend, []).append(first is not None)
     named = [b for b, flags in by_backend.items() if flags and all(flags)]
     return ", ".join(named) or None
 
@@ -438,11 +442,11 @@ def judge_reference(case_judge, cell: Cell, checks: dict, replies) -> None:
             continue
         rtol, atol = compare.tolerance(str(mine[key].dtype), case_judge.case.rtol, case_judge.case.atol)
         error = arbiter.error(mine[key], truth[key])
-        widest = max([arbiter.error(s[key], truth[key]) for s in evidence.samples() if key in s], default=0.0)
-        if widest > arbiter.ROUNDOFF_DOMINATES * arbiter.size_of(truth[key]):
+        samples = [error] + [arbiter.error(s[key], truth[key]) for s in evidence.samples() if key in s]
+        if max(samples) > arbiter.ROUNDOFF_DOMINATES * arbiter.size_of(truth[key]):
             continue  # chaotic there: no cell can be told from another
         theirs = [arbiter.error(values[key], truth[key]) for values in others if key in values]
-        if arbiter.reference_far(error, theirs, rtol, atol, truth[key]):
+        if arbiter.reference_far(samples, theirs, rtol, atol, truth[key]):
             far = (f"step {step}, {quantity} {name}: its RMSE against float64 is {error:.3g}, the other "
                    f"backends' at most {max(theirs):.3g}")
             checks["train"] = {**checks["train"], "status": MISMATCH,

@@ -20,15 +20,17 @@ TAPPED_UNDER_COMPILER = ("tapped under the compiler: every layer's output is ret
 def wanted(records: dict[Cell, dict], replies) -> dict[tuple, list[Cell]]:
     """The cells to localize, by what is localized: ("outputs",) or ("train", step). Outputs
     that draw random numbers are compared by law, and a plain function has no layers: neither
-    is localized."""
+    is localized; nor is a reference cell that the float64 arbiter found to be the one far from
+    float64, which was compared with no cell."""
     found: dict[tuple, list[Cell]] = {}
     for cell, record in records.items():
         mine = replies.check(cell, "outputs")
-        if (record["checks"].get("outputs", {}).get("status") == MISMATCH and not mine.get("random")
+        outputs, train = record["checks"].get("outputs", {}), record["checks"].get("train", {})
+        if (outputs.get("status") == MISMATCH and "compared_with" in outputs and not mine.get("random")
                 and mine.get("kind") in ("model", "layer")):
             found.setdefault(("outputs",), []).append(cell)
-        first = record["checks"].get("train", {}).get("first_divergence") or {}
-        if first.get("quantity") == "loss":
+        first = train.get("first_divergence") or {}
+        if first.get("quantity") == "loss" and "compared_with" in train:
             found.setdefault(("train", first["step"]), []).append(cell)
     return found
 
