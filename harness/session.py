@@ -183,43 +183,47 @@ class ParitySession:
         case's computation in float64 (`harness.arbiter`) in the backend of the cell they were
         compared with, with that cell's float32 runs from nudged weights and inputs (its round-off
         band); in TensorFlow's where that float64 did not hold end to end; then, for the cells
-        that still diverge, in their own backends, which tells a backend that computes something
-        else from one whose float32 computation departs. Returns the records judged with them."""
+        that still diverge, in their own backends (float64, which tells a backend that computes
+        something else from one whose float32 computation departs, and each such cell's nudged
+        runs, which tell a backend's flaw from round-off that decides where a value lands).
+        Returns the records judged with them."""
         ran = {c.backend: c for c in sorted(cells, key=lambda c: (c.jit, c.device))}
 
-        def run(check: str, reference: Cell, backends: list[str]) -> None:
+        def run(check: str, reference: Cell, asked: dict[Cell, tuple[bool, int]]) -> None:
+            """Jobs as each cell of `asked` runs: float64 or not, and how many nudged float32 runs."""
             folder = os.path.join(case_dir, f"arbiter-{check}")
-            request = {**common, "type": "arbitrate", "check": check, "cell": reference.id,
+            request = {**common, "type": "arbitrate", "check": check,
                        "targets": replies.check(reference, "train").get("targets_file") if check == "train" else None}
-            evidence = replies.arbiter.setdefault(check, Evidence.empty(check, reference.backend))
             outcomes: dict[str, Outcome] = {}
             jobs = []
-            for backend in backends:
-                out_dir = os.path.join(folder, backend)
-                os.makedirs(out_dir)
-                key = reference.worker_key if backend == reference.backend else ran[backend].worker_key
-                jobs.append(Job(key, {**request, "out_dir": out_dir,
-                                      "nudged": NUDGED_RUNS if backend == reference.backend else 0},
-                                self.timeout, lambda outcome, backend=backend: outcomes.__setitem__(backend, outcome)))
+            for cell, (float64, nudged) in asked.items():
+                out_dir = os.path.join(folder, cell.id)
+                os.makedirs(out_dir, exist_ok=True)
+                jobs.append(Job(cell.worker_key, {**request, "cell": cell.id, "out_dir": out_dir, "float64": float64,
+                                                  "nudged": nudged},
+                                self.timeout, lambda outcome, cell=cell: outcomes.__setitem__(cell.id, outcome)))
             self.pool.run(jobs)
-            evidence.add(outcomes)
+            replies.arbiter.setdefault(check, Evidence.empty(check, reference.id)).add(outcomes)
 
         references = {check: judge.reference_for(check, replies) for check in judge.to_arbitrate}
         references = {check: ref for check, ref in references.items() if ref is not None}
         for check, reference in references.items():
-            run(check, reference, [reference.backend])
+            run(check, reference, {reference: (True, NUDGED_RUNS)})
             if not replies.arbiter[check].held.get(reference.backend) and reference.backend != "tensorflow" \
                     and "tensorflow" in ran:
-                run(check, reference, ["tensorflow"])
+                run(check, reference, {ran["tensorflow"]: (True, 0)})
         records = {cell: judge.cell_record(cell, replies) for cell in cells}
         again = False
         for check, reference in references.items():
             evidence = replies.arbiter[check]
-            in_question = sorted({cell.backend for cell, record in records.items()
-                                  if record["checks"].get(check, {}).get("float64", {}).get("verdict") == DIVERGES
-                                  and cell.backend not in evidence.float64 and cell.backend not in evidence.errors})
-            if in_question and evidence.truth_backend:
-                run(check, reference, in_question)
+            diverging = [cell for cell, record in records.items() if cell.id not in evidence.nudged
+                         and record["checks"].get(check, {}).get("float64", {}).get("verdict") == DIVERGES]
+            if diverging and evidence.truth_backend:
+                asked = {}
+                for cell in sorted(diverging, key=lambda c: (c.jit, c.device)):  # float64 once per backend
+                    asked[cell] = (cell.backend not in evidence.float64 and all(c.backend != cell.backend for c in asked),
+                                   NUDGED_RUNS)
+                run(check, reference, asked)
                 again = True
         return {cell: judge.cell_record(cell, replies) for cell in cells} if again else records
 

@@ -36,7 +36,8 @@ NARROW_FLOATS = ("float32", "float16", "bfloat16")
 
 
 def serve(request: dict, backend: str) -> dict:
-    """An `arbitrate` request: the float64 run (and, where asked, the nudged float32 runs)."""
+    """An `arbitrate` request: the float64 run (unless `float64` is false) and `nudged` float32
+    runs from nudged weights and inputs, as the request's cell runs."""
     runs = ArbiterRuns(request, backend)
     reply = {"type": "arbitrated", "backend": backend, "seconds": runs.seconds}
     for index in range(request.get("nudged", 0)):
@@ -45,6 +46,8 @@ def serve(request: dict, backend: str) -> dict:
         except Exception as exc:  # noqa: BLE001 - the band is then the reference's own error alone
             reply["nudged_error"] = f"{type(exc).__name__}: {exc}"[:500]
             break
+    if not request.get("float64", True):
+        return reply
     try:
         reply.update(runs.float64())
     except Exception as exc:  # noqa: BLE001 - where float64 cannot run, the plain tolerance stands

@@ -8,11 +8,15 @@ reference's runs from weights and inputs nudged by one ulp. A cell
 - agrees within round-off when it is within the plain tolerance of float64, or within the band,
   or when round-off alone already moves the value by more than ROUNDOFF_DOMINATES of its size
   (a chaotic amplification: no float32 result can be told from another there);
-- diverges otherwise. Where its own backend's float64 run agrees with the reference backend's
-  (within the band), its float32 computation is the one that departs ("numerical"); where the
-  two float64 runs differ too, the backends compute different things ("semantics").
-The reference itself is "far from float64" when its error is MULTIPLE times the largest of the
-other backends' cells: then it is the one that departs.
+- agrees within round-off, too, where its own backend's runs from nudged weights scatter into the
+  band: a departure that round-off decides (BatchNormalization over 2 values, a max-pooling tie)
+  lands near float64 in one run and far in another, a backend's flaw lands far in every run;
+- diverges otherwise: every run of its backend is beyond the band. Where its own backend's
+  float64 run agrees with the reference backend's (within the band), its float32 computation is
+  the one that departs ("numerical"); where the two float64 runs differ too, the backends compute
+  different things ("semantics").
+The reference itself is "far from float64" when every run of its backend is MULTIPLE times farther
+than the other backends' cells: then it is the one that departs.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ MULTIPLE = 3.0
 #: and DenseNet121's batch-2 steps move 1e-2 to 1 relative from their second step on).
 ROUNDOFF_DOMINATES = 1e-2
 
-#: Float32 runs of the reference from weights and inputs nudged by one ulp: with the reference's
-#: own result, three samples of what round-off alone does.
+#: Float32 runs from weights and inputs nudged by one ulp, in the reference's backend (with the
+#: reference's own result, three samples of what round-off alone does) and in the backend of a
+#: cell beyond the band (whether every run of that backend is).
 NUDGED_RUNS = 2
 
 ROUNDOFF, DIVERGES = "round-off", "diverges"
@@ -76,34 +81,41 @@ class Evidence:
     truth (the reference backend's where it held, else TensorFlow's, else any that held)."""
 
     check: str
-    reference_backend: str
+    reference: str  # the cell the values were compared with
     float64: dict[str, str]  # backend -> file
     held: dict[str, bool]
     narrowed: dict[str, list[str]]
     errors: dict[str, str]  # backend -> why float64 could not run there
-    nudged: list[str]
+    nudged: dict[str, list[str]]  # cell -> its float32 runs (as that cell runs) from nudged weights and inputs
     seconds: dict[str, float]
     judged: dict = dataclasses.field(default_factory=dict)  # the checks' judgements, cached per cell
 
     @classmethod
-    def empty(cls, check: str, reference_backend: str) -> Evidence:
-        return cls(check, reference_backend, {}, {}, {}, {}, [], {})
+    def empty(cls, check: str, reference: str) -> Evidence:
+        return cls(check, reference, {}, {}, {}, {}, {}, {})
+
+    @property
+    def reference_backend(self) -> str:
+        return self.reference.split("-", 1)[0]
 
     def add(self, outcomes: dict) -> None:
-        """The `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by backend; what was judged
-        before is judged again with them."""
+        """The `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by the cell each ran as; what
+        was judged before is judged again with them."""
         self.judged.clear()
         self.__dict__.pop("values", None)
-        for backend, outcome in outcomes.items():
+        for cell, outcome in outcomes.items():
+            backend = cell.split("-", 1)[0]
             reply = outcome.reply
             if reply is None:
-                self.errors[backend] = f"the worker: {outcome.status}: {outcome.message}"[:500]
+                self.errors[cell] = f"the worker: {outcome.status}: {outcome.message}"[:500]
                 continue
-            self.seconds.update({f"{backend}_{k}": v for k, v in reply.get("seconds", {}).items()})
+            self.seconds.update({f"{cell}_{k}": v for k, v in reply.get("seconds", {}).items()})
             if reply.get("nudged"):
-                self.nudged = list(reply["nudged"])
+                self.nudged[cell] = list(reply["nudged"])
             if reply.get("nudged_error"):
-                self.errors[f"{backend} nudged"] = reply["nudged_error"]
+                self.errors[f"{cell} nudged"] = reply["nudged_error"]
+            if "float64_file" not in reply and not reply.get("float64_error"):
+                continue  # nudged runs only
             if reply.get("float64_error"):
                 self.errors[backend] = reply["float64_error"]
                 continue
@@ -123,7 +135,7 @@ class Evidence:
         """Each file's values: a list of output leaves, or a dict of training quantities."""
         read = (lambda path: load(path)[1]) if self.check == "outputs" else arrays.load_weights
         found = {f"float64:{b}": read(path) for b, path in self.float64.items()}
-        found.update({f"nudged:{i}": read(path) for i, path in enumerate(self.nudged)})
+        found.update({f"nudged:{c}:{i}": read(path) for c, paths in self.nudged.items() for i, path in enumerate(paths)})
         return found
 
     def truth(self):
@@ -133,12 +145,15 @@ class Evidence:
     def own(self, backend: str):
         return self.values.get(f"float64:{backend}") if self.held.get(backend) else None
 
-    def samples(self) -> list:
-        return [self.values[f"nudged:{i}"] for i in range(len(self.nudged))]
+    def samples(self, cell: str | None = None) -> list:
+        """The nudged runs of `cell` (default: the reference's, the round-off band's samples)."""
+        cell = cell or self.reference
+        return [self.values[f"nudged:{cell}:{i}"] for i in range(len(self.nudged.get(cell, [])))]
 
     def describe(self) -> dict:
         """The record's account of the runs: which float64 is the truth, which held, the cost."""
-        account = {"truth": self.truth_backend, "held": dict(self.held), "nudged_runs": len(self.nudged),
+        account = {"truth": self.truth_backend, "held": dict(self.held),
+                   "nudged_runs": {b: len(paths) for b, paths in self.nudged.items()},
                    "multiple": MULTIPLE, "roundoff_dominates": ROUNDOFF_DOMINATES,
                    "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
         if any(self.narrowed.values()):
@@ -156,7 +171,7 @@ class Judgement:
     error: float  # this cell's RMSE against float64
     reference_error: float
     band: float
-    why: str  # within_tolerance, within_band, roundoff_dominated, numerical, semantics, beyond_band
+    why: str  # within_tolerance, within_band, roundoff_dominated, scatters, numerical, semantics, beyond_band
     own_float64_error: float | None = None  # this backend's float64 against the truth
     carried: float = 1.0  # the band widened by the difference this cell carried from the step before
 
@@ -179,6 +194,8 @@ class Judgement:
             "within_band": f"within float32 round-off ({figures})",
             "roundoff_dominated": f"round-off alone moves this value by more than {ROUNDOFF_DOMINATES:g} of its size, "
                                   f"so it is not comparable ({figures})",
+            "scatters": f"beyond the band, but this backend's own runs from nudged weights land within it: round-off "
+                        f"decides where this value lands ({figures})",
             "numerical": f"farther from float64 than round-off explains ({figures}), while this backend's float64 "
                          f"run agrees with the reference backend's: its float32 computation departs",
             "semantics": f"farther from float64 than round-off explains ({figures}), and this backend's float64 run "
@@ -194,11 +211,12 @@ def widest_sample(reference, truth, samples: list) -> float:
 
 
 def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: float,
-                carried: float = 1.0) -> Judgement:
+                carried: float = 1.0, own_samples: list | None = None) -> Judgement:
     """One float32 value of a cell against the truth, the reference's value and the nudged runs'
-    (`own`: this backend's float64 value, or None). `carried`: how many times farther from
-    float64 than the round-off samples this cell already was (a training step's starting weights):
-    the band widens by it, as training amplifies every difference it starts from alike."""
+    (`own`: this backend's float64 value, or None; `own_samples`: this backend's nudged runs'
+    values, or None). `carried`: how many times farther from float64 than the round-off samples
+    this cell already was (a training step's starting weights): the band widens by it, as
+    training amplifies every difference it starts from alike."""
     reference_error = error(reference, truth)
     widest = widest_sample(reference, truth, samples)
     carried = max(1.0, carried)
@@ -214,6 +232,8 @@ def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: fl
         finite_elsewhere &= np.isfinite(np.asarray(sample, np.float64))
     if widest > ROUNDOFF_DOMINATES * size_of(truth) and np.isfinite(np.asarray(got, np.float64))[finite_elsewhere].all():
         return Judgement(ROUNDOFF, mine, reference_error, band, "roundoff_dominated", carried=carried)
+    if own_samples and min(error(s, truth) for s in own_samples) <= band:
+        return Judgement(ROUNDOFF, mine, reference_error, band, "scatters", carried=carried)
     if own is None:
         return Judgement(DIVERGES, mine, reference_error, band, "beyond_band", carried=carried)
     apart = error(own, truth)

@@ -126,6 +126,7 @@ def judgements(case_judge, cell, replies) -> list[tuple[str, object] | None]:
         names, ref_leaves = load(replies.check(reference, "outputs")["file"])
         _, leaves = load(replies.check(cell, "outputs")["file"])
         truth, own, samples = evidence.truth(), evidence.own(cell.backend), evidence.samples()
+        own_samples = evidence.samples(cell.id) if cell.id in evidence.nudged else None
         rtol, atol = case_judge.case.rtol, case_judge.case.atol
         found = []
         for i, (name, ref, got) in enumerate(zip(names, ref_leaves, leaves)):
@@ -135,7 +136,8 @@ def judgements(case_judge, cell, replies) -> list[tuple[str, object] | None]:
                 found.append((name, None))
                 continue
             found.append((name, arbiter.judge_value(got, ref, truth[i], [s[i] for s in samples],
-                                                    None if own is None else own[i], *tol)))
+                                                    None if own is None else own[i], *tol,
+                                                    own_samples=own_samples and [s[i] for s in own_samples])))
         cache[cell] = found
     return cache[cell]
 

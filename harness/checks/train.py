@@ -326,7 +326,8 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     base = {k: v for k, v in plain.items() if k not in ("first_divergence", "message")}
     base["float64"] = account
     account["growth"] = growth(mine, ref, truth, evidence.samples())
-    beyond, first = judge_steps(ref, mine, truth, evidence.samples(), evidence.own(cell.backend), rtol, atol)
+    beyond, first = judge_steps(ref, mine, truth, evidence.samples(), evidence.own(cell.backend), rtol, atol,
+                                evidence.samples(cell.id) if cell.id in evidence.nudged else None)
     first_judged = beyond[-1][3] if first else None
     widest = max(beyond, key=lambda b: b[3].error / b[3].band if b[3].band else 0, default=None)
     account["beyond_tolerance"] = len(beyond)
@@ -352,9 +353,11 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     return {**base, "status": MISMATCH, "first_divergence": first, "message": message}
 
 
-def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: dict | None, rtol, atol):
+def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: dict | None, rtol, atol,
+                own_samples: list[dict] | None = None):
     """Every recorded value of a cell beyond the plain tolerance of the reference's, in a step's
-    order, judged against float64 (`harness.arbiter.verdict`): the judged values as (step,
+    order, judged against float64 (`harness.arbiter.verdict`; `own` and `own_samples`: this
+    cell's backend's float64 run and its nudged runs, where they ran): the judged values as (step,
     quantity, name, judgement), up to the first that diverges, and that first divergence (None
     where every one is within float32 round-off)."""
     beyond, carried = [], {}
@@ -370,7 +373,8 @@ def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: di
             continue
         judged = arbiter.judge_value(mine[key], ref[key], truth[key], [s[key] for s in samples if key in s],
                                      None if own is None or key not in own else own[key],
-                                     *compare.tolerance(str(ref[key].dtype), rtol, atol), carried=carried[step])
+                                     *compare.tolerance(str(ref[key].dtype), rtol, atol), carried=carried[step],
+                                     own_samples=own_samples and [s[key] for s in own_samples if key in s])
         beyond.append((step, quantity, name, judged))
         if judged.verdict == arbiter.DIVERGES:
             return beyond, {"step": step, "quantity": quantity, "variable": name,
@@ -412,7 +416,8 @@ def first_divergences(case_judge, replies, evidence) -> dict:
         for other, values in steps.items():
             if other != reference and reference in steps:
                 found[other] = judge_steps(steps[reference], values, evidence.truth(), evidence.samples(),
-                                           evidence.own(other.backend), case_judge.case.rtol, case_judge.case.atol)[1]
+                                           evidence.own(other.backend), case_judge.case.rtol, case_judge.case.atol,
+                                           evidence.samples(other.id) if other.id in evidence.nudged else None)[1]
         evidence.judged["first divergences"] = found
     return evidence.judged["first divergences"]
 
