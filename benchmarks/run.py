@@ -340,13 +340,13 @@ def print_arbiter(args) -> None:
             if case.targets is not None:
                 arrays.save_tree(os.path.join(folder, "targets.npz"), case.make_targets(seed))
             for backend in cells.installed_backends():
-                base = arbiter_runs(case_ref, folder, backend, {}, True, verdict.NUDGED_RUNS + args.arbiter_cells)
+                band = verdict.NUDGED_RUNS + verdict.MORE_NUDGED_RUNS
+                base = arbiter_runs(case_ref, folder, backend, {}, True, band + args.arbiter_cells)
                 other = arbiter_runs(case_ref, folder, backend, other_kernels(backend), False, args.arbiter_cells)
                 load = arrays.load_weights
                 ref, truth = load(base["float32"]), load(base["float64_file"])
-                samples = [load(p) for p in base["nudged"][:verdict.NUDGED_RUNS]]
-                judged = {"nudged": base["nudged"][verdict.NUDGED_RUNS:],
-                          "other kernels": [other["float32"]] + other["nudged"]}
+                samples = [load(p) for p in base["nudged"][:band]]
+                judged = {"nudged": base["nudged"][band:], "other kernels": [other["float32"]] + other["nudged"]}
                 counts, beyond, chaotic, flagged = {}, 0, 0, []
                 for kind, paths in judged.items():
                     counts[kind] = 0
@@ -354,7 +354,10 @@ def print_arbiter(args) -> None:
                     for i, run in enumerate(runs):
                         # the run's own backend's nudged runs: two others of the same kernels
                         own = [runs[(i + k) % len(runs)] for k in range(1, verdict.NUDGED_RUNS + 1)]
-                        values, first = judge_steps(ref, run, truth, samples, None, None, None, own)
+                        # as the harness does: the first band, then, where a value is beyond it, the wider one
+                        values, first = judge_steps(ref, run, truth, samples[:verdict.NUDGED_RUNS], None, None, None)
+                        if first:
+                            values, first = judge_steps(ref, run, truth, samples, None, None, None, own)
                         beyond += len(values)
                         chaotic += sum(v[3].why == "roundoff_dominated" for v in values)
                         if first:

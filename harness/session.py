@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 from harness import arrays
-from harness.arbiter.verdict import DIVERGES, NUDGED_RUNS, Evidence
+from harness.arbiter.verdict import DIVERGES, MORE_NUDGED_RUNS, NUDGED_RUNS, Evidence
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
@@ -190,7 +190,7 @@ class ParitySession:
         ran = {c.backend: c for c in sorted(cells, key=lambda c: (c.jit, c.device))}
 
         def run(check: str, reference: Cell, asked: dict[Cell, tuple[bool, int]]) -> None:
-            """Jobs as each cell of `asked` runs: float64 or not, and how many nudged float32 runs."""
+            """Jobs as each cell of `asked` runs: float64 or not, and how many more nudged float32 runs."""
             folder = os.path.join(case_dir, f"arbiter-{check}")
             request = {**common, "type": "arbitrate", "check": check,
                        "targets": replies.check(reference, "train").get("targets_file") if check == "train" else None}
@@ -199,8 +199,9 @@ class ParitySession:
             for cell, (float64, nudged) in asked.items():
                 out_dir = os.path.join(folder, cell.id)
                 os.makedirs(out_dir, exist_ok=True)
+                done = len(replies.arbiter[check].nudged.get(cell.id, [])) if check in replies.arbiter else 0
                 jobs.append(Job(cell.worker_key, {**request, "cell": cell.id, "out_dir": out_dir, "float64": float64,
-                                                  "nudged": nudged},
+                                                  "nudged": nudged, "nudged_from": done},
                                 self.timeout, lambda outcome, cell=cell: outcomes.__setitem__(cell.id, outcome)))
             self.pool.run(jobs)
             replies.arbiter.setdefault(check, Evidence.empty(check, reference.id)).add(outcomes)
@@ -223,6 +224,7 @@ class ParitySession:
                 for cell in sorted(diverging, key=lambda c: (c.jit, c.device)):  # float64 once per backend
                     asked[cell] = (cell.backend not in evidence.float64 and all(c.backend != cell.backend for c in asked),
                                    NUDGED_RUNS)
+                asked[reference] = (False, MORE_NUDGED_RUNS)  # a wider sample of round-off before it is said
                 run(check, reference, asked)
                 again = True
         return {cell: judge.cell_record(cell, replies) for cell in cells} if again else records

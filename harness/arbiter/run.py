@@ -37,10 +37,11 @@ NARROW_FLOATS = ("float32", "float16", "bfloat16")
 
 def serve(request: dict, backend: str) -> dict:
     """An `arbitrate` request: the float64 run (unless `float64` is false) and `nudged` float32
-    runs from nudged weights and inputs, as the request's cell runs."""
+    runs from nudged weights and inputs (seeded from `nudged_from` on), as the request's cell runs."""
     runs = ArbiterRuns(request, backend)
     reply = {"type": "arbitrated", "backend": backend, "seconds": runs.seconds}
-    for index in range(request.get("nudged", 0)):
+    first = request.get("nudged_from", 0)
+    for index in range(first, first + request.get("nudged", 0)):
         try:
             reply.setdefault("nudged", []).append(runs.float32(nudged=index))
         except Exception as exc:  # noqa: BLE001 - the band is then the reference's own error alone
