@@ -51,7 +51,9 @@ NUDGED_RUNS = 2
 #: from float64, 5 land within 0.025, its reference and first two nudges among them).
 MORE_NUDGED_RUNS = 4
 
-ROUNDOFF, DIVERGES = "round-off", "diverges"
+#: The verdicts: round-off; a divergence; or not judged, where float32's range rather than its
+#: round-off decides (the plain verdict stands).
+ROUNDOFF, DIVERGES, STANDS = "round-off", "diverges", "the plain verdict stands"
 
 
 def error(got, truth) -> float:
@@ -173,11 +175,12 @@ class Evidence:
 class Judgement:
     """One value of one cell, against float64."""
 
-    verdict: str  # ROUNDOFF or DIVERGES
+    verdict: str  # ROUNDOFF, DIVERGES or STANDS
     error: float  # this cell's RMSE against float64
     reference_error: float
     band: float
-    why: str  # within_tolerance, within_band, roundoff_dominated, scatters, numerical, semantics, beyond_band
+    why: str  # within_tolerance, within_band, roundoff_dominated, scatters, float32_range, numerical, semantics,
+    # beyond_band
     own_float64_error: float | None = None  # this backend's float64 against the truth
     carried: float = 1.0  # the band widened by the difference this cell carried from the step before
 
@@ -202,6 +205,8 @@ class Judgement:
                                   f"so it is not comparable ({figures})",
             "scatters": f"beyond the band, but this backend's own runs from nudged weights land within it: round-off "
                         f"decides where this value lands ({figures})",
+            "float32_range": "not judged: the reference's float32 overflows or gives NaN where float64 does not, so "
+                             "float32's range, not its round-off, decides here and the plain verdict stands",
             "numerical": f"farther from float64 than round-off explains ({figures}), while this backend's float64 "
                          f"run agrees with the reference backend's: its float32 computation departs",
             "semantics": f"farther from float64 than round-off explains ({figures}), and this backend's float64 run "
@@ -216,18 +221,34 @@ def widest_sample(reference, truth, samples: list) -> float:
     return max([error(reference, truth)] + [error(s, truth) for s in samples])
 
 
+def resolution(got, scale: float) -> float:
+    """The float32 resolution of values computed from terms of size `scale`: one unit in the
+    last place of it, in `got`'s dtype. A value that is zero in exact arithmetic (a bias's
+    gradient before a normalization) comes out exactly 0 from one backend's kernels and as
+    round-off of this size from another's, and its samples cannot show that."""
+    dtype = np.asarray(got).dtype
+    return float(np.finfo(dtype).eps * scale) if dtype.kind == "f" else 0.0
+
+
 def judge_value(got, reference, truth, samples: list, own, rtol: float, atol: float,
-                carried: float = 1.0, own_samples: list | None = None) -> Judgement:
+                carried: float = 1.0, own_samples: list | None = None, scale: float | None = None) -> Judgement:
     """One float32 value of a cell against the truth, the reference's value and the nudged runs'
     (`own`: this backend's float64 value, or None; `own_samples`: this backend's nudged runs'
     values, or None). `carried`: how many times farther from float64 than the round-off samples
     this cell already was (a training step's starting weights): the band widens by it, as
-    training amplifies every difference it starts from alike."""
+    training amplifies every difference it starts from alike. `scale`: the size of the terms the
+    value is computed from (default: its own), whose float32 resolution is the band's floor."""
     reference_error = error(reference, truth)
-    widest = widest_sample(reference, truth, samples)
+    widest = max(widest_sample(reference, truth, samples),
+                 resolution(got, size_of(truth) if scale is None else scale))
     carried = max(1.0, carried)
     band = MULTIPLE * widest * carried
     mine = error(got, truth)
+    finite = np.isfinite(np.asarray(truth, np.float64))
+    if any((finite & ~np.isfinite(np.asarray(run, np.float64))).any() for run in [reference, *samples]):
+        # float32 overflows (or gives NaN) where float64 does not: its range, not its round-off,
+        # decides there (exp(100) is inf in float32), and float64 cannot arbitrate
+        return Judgement(STANDS, mine, reference_error, band, "float32_range", carried=carried)
     if within_tolerance(got, truth, rtol, atol):
         return Judgement(ROUNDOFF, mine, reference_error, band, "within_tolerance", carried=carried)
     if mine <= band:

@@ -130,13 +130,13 @@ def judgements(case_judge, cell, replies) -> list[tuple[str, object] | None]:
         rtol, atol = case_judge.case.rtol, case_judge.case.atol
         found = []
         for i, (name, ref, got) in enumerate(zip(names, ref_leaves, leaves)):
-            tol = compare.tolerance(str(ref.dtype), rtol, atol)
-            if cell == reference or compare.compare_arrays(name, ref, got, str(ref.dtype), rtol, atol,
-                                                           own_scale=True)["status"] == PASS:
+            plain = compare.compare_arrays(name, ref, got, str(ref.dtype), rtol, atol, own_scale=True)
+            if cell == reference or plain["status"] == PASS:
                 found.append((name, None))
                 continue
+            # against float64 at the tolerance the plain comparison used (the values' own scale too)
             found.append((name, arbiter.judge_value(got, ref, truth[i], [s[i] for s in samples],
-                                                    None if own is None else own[i], *tol,
+                                                    None if own is None else own[i], plain["rtol"], plain["atol"],
                                                     own_samples=own_samples and [s[i] for s in own_samples])))
         cache[cell] = found
     return cache[cell]
@@ -157,7 +157,7 @@ def arbitrate(case_judge, cell, reference, plain: dict, replies) -> dict:
         return {**plain, "float64": account}
     judged = [(name, j) for name, j in judgements(case_judge, cell, replies) if j is not None]
     account["outputs"] = {name: j.to_json() for name, j in judged}
-    diverging = [(name, j) for name, j in judged if j.verdict == arbiter.DIVERGES]
+    diverging = [(name, j) for name, j in judged if j.verdict != arbiter.ROUNDOFF]
     far = reference_far(case_judge, replies)
     if far:
         account["reference_far"] = far
@@ -170,8 +170,8 @@ def arbitrate(case_judge, cell, reference, plain: dict, replies) -> dict:
             note = f"the reference cell is the one far from float64 ({far}); " + note
         result = {k: v for k, v in plain.items() if k not in ("message", "worst_index", "worst_value", "worst_reference")}
         return {**result, "status": PASS, "float64": account, "float64_note": note}
-    account["verdict"] = arbiter.DIVERGES
-    name, first = diverging[0]
+    name, first = next(((n, j) for n, j in diverging if j.verdict == arbiter.DIVERGES), diverging[0])
+    account["verdict"] = first.verdict
     outlier = diverging_backends(case_judge, replies)
     if outlier:
         account["outlier"] = outlier

@@ -337,7 +337,7 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
         note = (f"{len(beyond)} values beyond the plain tolerance, each within float32 round-off of float64"
                 + (f" (the widest, step {widest[0]} {widest[1]} {widest[2]}: {widest[3].sentence()})" if widest else ""))
         return {**base, "status": PASS, "float64_note": note}
-    account["verdict"] = arbiter.DIVERGES
+    account["verdict"] = first_judged.verdict
     outlier = diverging_backends(case_judge, replies, evidence)
     if first["float64"]["why"] == "semantics" or not outlier:
         outlier = outlier_backend(f"{first['step']}/{first['quantity']}/{first['variable']}", cell, reference,
@@ -361,6 +361,12 @@ def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: di
     quantity, name, judgement), up to the first that diverges, and that first divergence (None
     where every one is within float32 round-off)."""
     beyond, carried = [], {}
+    # The size of the terms a value is computed from: the largest of its layer's values of the
+    # same step and quantity (a bias's gradient is a sum of what its kernel's gradient is made of).
+    scales: dict[str, float] = {}
+    for key, value in truth.items():
+        group = key.rsplit("/", 1)[0]
+        scales[group] = max(scales.get(group, 0.0), float(np.nanmax(np.abs(value))) if np.size(value) else 0.0)
     for step, quantity, name, key in step_keys(ref):
         if key not in mine or key not in truth:
             continue
@@ -373,10 +379,11 @@ def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: di
             continue
         judged = arbiter.judge_value(mine[key], ref[key], truth[key], [s[key] for s in samples if key in s],
                                      None if own is None or key not in own else own[key],
-                                     *compare.tolerance(str(ref[key].dtype), rtol, atol), carried=carried[step],
-                                     own_samples=own_samples and [s[key] for s in own_samples if key in s])
+                                     verdict["rtol"], verdict["atol"], carried=carried[step],
+                                     own_samples=own_samples and [s[key] for s in own_samples if key in s],
+                                     scale=scales.get(key.rsplit("/", 1)[0]))
         beyond.append((step, quantity, name, judged))
-        if judged.verdict == arbiter.DIVERGES:
+        if judged.verdict != arbiter.ROUNDOFF:
             return beyond, {"step": step, "quantity": quantity, "variable": name,
                             "max_abs_err": verdict.get("max_abs_err"), "message": verdict.get("message"),
                             "float64": judged.to_json(), "introduced_at_step": step}
