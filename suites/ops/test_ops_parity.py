@@ -16,6 +16,7 @@ Every divergence found is declared in `DIVERGENCES` as a strict expected failure
 measured difference, so a fix in Keras or a backend shows up as an unexpected pass.
 """
 
+import contextlib
 import dataclasses
 import zlib
 from typing import Callable
@@ -53,6 +54,25 @@ def shapes(min_dims=0, max_dims=3, min_side=1, max_side=3):
     return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
 
 
+@contextlib.contextmanager
+def without_local_constants():
+    """Hypothesis draws, now and then, a literal it found in the source of the project's own
+    loaded modules (`hypothesis.internal.conjecture.providers._get_local_constants`, its "local
+    constants"), so a number added to any module of keras-parity would change every run's examples
+    and the divergences measured on them. Drawn without them, the examples depend only on the
+    seed and Hypothesis' release (pinned in the lock)."""
+    from hypothesis.internal.conjecture import providers
+
+    original = providers._get_local_constants
+    providers._get_local_constants = providers.Constants
+    providers.CONSTANTS_CACHE.cache.clear()
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        providers.CONSTANTS_CACHE.cache.clear()
+
+
 def draw_examples(strategy, name: str, count: int = EXAMPLES) -> list:
     """`count` distinct examples from `strategy`, the same on every run (seeded by `name`)."""
     found = []
@@ -65,7 +85,8 @@ def draw_examples(strategy, name: str, count: int = EXAMPLES) -> list:
         if len(found) < count and not any(same_example(example, f) for f in found):
             found.append(example)
 
-    collect()
+    with without_local_constants():
+        collect()
     return found
 
 
@@ -186,6 +207,16 @@ DIVERGENCES: dict[str, dict] = {
     'ops_sign_edges': {
         'torch-*-*': ('mismatch', 'output[3]: 2 of 14 elements (14.3%) differ; max abs err inf, max rel err nan; worst at (1, 1): 0 vs reference nan [input nan]'),
     },
+    # Found once outputs whose values are all below atol are compared at their own scale: a
+    # subnormal input's result (the examples' 1e-38) was within atol=1e-5 of anything.
+    'ops_log1p': {
+        'tensorflow-*-jit': ('mismatch', 'log1p of the subnormal 9.999999e-39 is 9.999999e-39 under TensorFlow without XLA and torch, 0 under XLA: it flushes subnormals (a plain script: tf.function(tf.math.log1p, jit_compile=True))'),
+        'jax-*-*': ('mismatch', 'log1p of the subnormal 9.999999e-39 is 0 under JAX (XLA flushes subnormals), 9.999999e-39 under TensorFlow without XLA and torch'),
+    },
+    'ops_arctan': {
+        pattern: ('mismatch', 'arctan of the subnormal 9.999999e-39 in a (3, 3, 3) array is 0 under TensorFlow without XLA (the reference; in a 1-element array it keeps 9.999999e-39), 9.999999e-39 under XLA, JAX and torch (plain scripts)')
+        for pattern in ('tensorflow-*-jit', 'jax-*-*', 'torch-*-*')
+    },
     'ops_log_edges': {
         'tensorflow-cpu-jit': ('mismatch', 'output[3]: 1 of 14 elements (7.14%) differ; max abs err inf, max rel err inf; worst at (1, 4): -inf vs reference -103.9721 [input 9.999999350456404e-39]'),
         'torch-*-*': ('mismatch', 'output[3]: 1 of 14 elements (7.14%) differ; max abs err 16.5, max rel err 0.158; worst at (1, 4): -87.49823 vs reference -103.9721 [input 9.999999350456404e-39]'),
@@ -293,7 +324,6 @@ DIVERGENCES: dict[str, dict] = {
     },
     'ops_inv': {
         'tensorflow-cpu-nojit': ('error', '{{function_node __wrapped__MatrixInverse_device_/job:localhost/replica:0/task:0/device:CPU:0}} Input is not invertible. [Op:MatrixInverse] name: caused by _NotOkStatusException: In'),
-        'tensorflow-cpu-jit': ('mismatch', 'XLA inverts [[1e-4, 2.2e-16], [4.74, 5.14]] to [[10036.36, -8.6e-4], [-9257.09, 0.1953]] with AVX-512 and AVX2 code (10016.26 with SSE4.2): TensorFlow without XLA, JAX and torch give [[10000, 0], [-9223.56, 0.1945]], as float64 NumPy does'),
         'torch-*-*': ('error', 'linalg.inv: The diagonal element 1 is zero, the inversion could not be completed because the input matrix is singular.'),
     },
     'ops_det': {
