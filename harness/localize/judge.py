@@ -128,6 +128,9 @@ def describe(first: dict, check: str, cell: Cell) -> str:
                 f"optimizer) that returned outputs prevent is the likely cause")
     elif first.get("in") == "the loss":
         text = "the forward pass of the step agrees layer by layer: the loss computed from the outputs departs"
+    elif not first.get("layer"):
+        text = (f"{where}every tapped layer agrees with the reference (within float32 round-off of float64), "
+                f"while the outputs depart: the code outside layers departs")
     elif first.get("between_layers"):
         text = (f"{where}diverges between layers: the inputs of {first['layer']} ({first['class']}) already differ "
                 f"(max abs err {first['inputs_err']:.3g}) while every layer before it agreed, so the code outside "
