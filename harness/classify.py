@@ -206,11 +206,16 @@ RULES = (
         message=r"File format not supported: filepath=",
     ),
     Rule(
+        "non_tensor_positional_argument",
+        "a layer was called with a non-tensor (a Python number, a flag) as a positional argument, which "
+        "Keras 3 refuses: pass it by keyword, layer(x, index=3), with call(self, x, index) unchanged",
+        message=r"Only input tensors may be passed as positional arguments",
+    ),
+    Rule(
         "deeply_nested_inputs",
         "keras.Model refuses inputs nested more than one level deep: pass a flat dict, "
         "list or tuple of keras.Input tensors",
-        message=r"all values in the dict must be KerasTensors|"
-        r"inputs.*(nested|deeply)|Only input tensors may be passed as positional",
+        message=r"all values in the dict must be KerasTensors|inputs.*(nested|deeply)",
     ),
     Rule(
         "unbuilt_state",
