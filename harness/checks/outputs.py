@@ -172,7 +172,9 @@ def arbitrate(case_judge, cell, reference, plain: dict, replies) -> dict:
         return {**result, "status": PASS, "float64": account, "float64_note": note}
     name, first = next(((n, j) for n, j in diverging if j.verdict == arbiter.DIVERGES), diverging[0])
     account["verdict"] = first.verdict
-    outlier = diverging_backends(case_judge, replies)
+    # A backend whose float32 computation departs is named here; where the backends compute
+    # different things, the localization names who departs by the groups that agree.
+    outlier = diverging_backends(case_judge, replies) if first.why == "numerical" else None
     if outlier:
         account["outlier"] = outlier
     return {**plain, "float64": account, "message": f"{plain.get('message', '')}; against float64, {name} is {first.sentence()}"

@@ -332,6 +332,8 @@ def arbitrate(case_judge, cell: Cell, reference: Cell, ref: dict, mine: dict, re
     widest = max(beyond, key=lambda b: b[3].error / b[3].band if b[3].band else 0, default=None)
     account["beyond_tolerance"] = len(beyond)
     account["roundoff_dominated"] = sum(b[3].why == "roundoff_dominated" for b in beyond)
+    if widest:  # the value nearest its band (or past it): the figures the pages show
+        account["widest"] = {"step": widest[0], "quantity": widest[1], "variable": widest[2], **widest[3].to_json()}
     if first is None:
         account["verdict"] = arbiter.ROUNDOFF
         note = (f"{len(beyond)} values beyond the plain tolerance, each within float32 round-off of float64"

@@ -118,7 +118,8 @@ def arbitrated(cells: list[dict]) -> list[dict]:
                 continue
             judged = list((account.get("outputs") or {}).values())
             first = check.get("first_divergence", {}).get("float64")
-            widest = first or max(judged, key=lambda j: j["error"] / j["band"] if j["band"] else 0, default=None)
+            widest = first or account.get("widest") or max(
+                judged, key=lambda j: j["error"] / j["band"] if j["band"] else 0, default=None)
             rows.append({"case": c["case"], "cell": c["cell"], "check": name, "status": c["status"],
                          "verdict": account.get("verdict", ""), "truth": account.get("truth"),
                          "outlier": account.get("outlier") or check.get("first_divergence", {}).get("outlier"),
