@@ -23,8 +23,10 @@ PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile 
 parity: $(VENV)
 	$(PY) -m pytest suites --keras-backends=all -n 2 $(PARITY_ARGS)
 
+# Each test module runs the plugin once, in a module fixture: --dist loadfile keeps a module's
+# tests on one xdist worker, so that run is not made twice.
 test: $(VENV)
-	$(PY) -m pytest tests -ra
+	$(PY) -m pytest tests -ra -n 2 --dist loadfile
 
 bench: $(VENV)
 	$(PY) benchmarks/run.py
