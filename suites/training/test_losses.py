@@ -182,14 +182,16 @@ def ctc_loss():
 @harness.parity_case(
     inputs=lambda rng: rng.normal(size=(BATCH, FEATURES)).astype("float32"),
     targets=lambda rng: rng.integers(0, 3, size=(BATCH,)).astype("int32"),
-    checks=TRAIN, skip=TORCH_COMPILE_BUDGET, covers=["keras.losses.Circle"], atol=5e-4)
+    checks=TRAIN, skip=TORCH_COMPILE_BUDGET, covers=["keras.losses.Circle"])
 def circle_loss():
     """Circle loss on L2-normalised embeddings with integer labels, as a metric-learning model trains.
 
     Its scale (gamma=80) makes gradients up to about 160, and an element where such terms cancel
     keeps their float32 rounding: against a float64 run, 20 draws of this model's second-step
     gradient are off by up to 9e-5 (TensorFlow), 2e-4 (JAX) and 4e-4 (torch), and a quarter to a
-    third of draws go beyond the default atol of 1e-5 in every backend. Hence atol=5e-4."""
+    third of draws go beyond the default atol of 1e-5 in every backend. The float64 arbiter judges
+    those values round-off (10 of 16 cells of 8 draws, all passed), so the case keeps the default
+    tolerance and a real change in the loss still shows."""
     import keras
 
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(4), keras.layers.UnitNormalization()])
