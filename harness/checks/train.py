@@ -368,7 +368,8 @@ def judge_steps(ref: dict, mine: dict, truth: dict, samples: list[dict], own: di
     scales: dict[str, float] = {}
     for key, value in truth.items():
         group = key.rsplit("/", 1)[0]
-        scales[group] = max(scales.get(group, 0.0), float(np.nanmax(np.abs(value))) if np.size(value) else 0.0)
+        finite = np.abs(value[np.isfinite(value)]) if np.size(value) else np.zeros(0)
+        scales[group] = max(scales.get(group, 0.0), float(finite.max()) if finite.size else 0.0)
     for step, quantity, name, key in step_keys(ref):
         if key not in mine or key not in truth:
             continue
