@@ -18,7 +18,7 @@ LOCK_ARGS ?=
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet --strip-extras \
 	--unsafe-package keras-parity --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 
-.PHONY: parity test bench lock clean
+.PHONY: parity test bench env lock clean
 
 parity: $(VENV)
 	$(PY) -m pytest suites --keras-backends=all -n 2 $(PARITY_ARGS)
@@ -42,6 +42,12 @@ $(VENV): pyproject.toml $(CONSTRAINTS)
 	$(PY) ci/check_lock.py $(CONSTRAINTS)
 	touch $(VENV)
 
+# A second environment for --keras-env: .venv-$(ENV), the lock with PACKAGES in place of what they
+# name (keras-nightly replaces keras), e.g. make env ENV=k313 PACKAGES="keras==3.13.2".
+env:
+	@test -n "$(ENV)" || { echo 'make env: name it, e.g. make env ENV=k313 PACKAGES="keras==3.13.2"'; exit 2; }
+	$(PYTHON) ci/make_env.py "$(ENV)" $(CONSTRAINTS) "$(PACKAGES)"
+
 # Regenerate both locks from pyproject.toml and the releases in ci/constraints*.in, after
 # changing either. Pins that still resolve are kept; `make lock LOCK_ARGS=--upgrade` moves
 # every package to its newest release.
@@ -54,4 +60,4 @@ $(LOCK_TOOLS):
 	$(LOCK_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check pip==26.3 pip-tools==7.6.2
 
 clean:
-	rm -rf $(VENV) $(LOCK_TOOLS) reports/*
+	rm -rf $(VENV) .venv-* $(LOCK_TOOLS) reports/*

@@ -3,7 +3,8 @@
 `make .venv` runs it last. It compares every installed distribution (but the editable
 keras-parity itself) with the `name==version` pins of a lock `make lock` wrote, and exits 1
 naming each difference: a package at another version, installed but not locked (the lock is
-older than pyproject.toml), or locked but not installed.
+older than pyproject.toml), or locked but not installed. With `--allow-extra` (`make env`, whose other release may need a
+package the lock lacks) a package installed but not locked is listed, not an error.
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ def differences(locked: dict[str, str], installed: dict[str, str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    allow_extra = "--allow-extra" in argv  # `make env`: a package the other release needs is said, not an error
+    argv = [a for a in argv if a != "--allow-extra"]
     if len(argv) != 1:
-        print("usage: python ci/check_lock.py LOCK", file=sys.stderr)
+        print("usage: python ci/check_lock.py [--allow-extra] LOCK", file=sys.stderr)
         return 2
     installed = {name: version for name, version in packages().items() if name != "keras-parity"}
     found = differences(read_lock(argv[0]), installed)
+    extra = [line for line in found if line.endswith("installed but not locked")] if allow_extra else []
+    found = [line for line in found if line not in extra]
+    for line in extra:
+        print(f"{argv[0]}: {line} (needed by a replaced release)")
     for line in found:
         print(f"{argv[0]}: {line}", file=sys.stderr)
     if found:
