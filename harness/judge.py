@@ -98,6 +98,8 @@ class Judge:
             record["notes"] = list(reply.get("notes", []))
             if reply.get("dynamo"):  # what torch.compile left eager in this jit cell
                 record["dynamo"] = reply["dynamo"]
+            if reply.get("warnings"):  # what the library warned while the cell ran
+                record["warnings"] = reply["warnings"]
             for check in all_checks.JUDGED:
                 check.judge(self, cell, record, replies)
             self.note_fallbacks(cell, record, replies)

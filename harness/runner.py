@@ -13,7 +13,7 @@ import os
 import resource
 import time
 
-from harness import arrays, classify, compile_cache, memory
+from harness import arrays, classify, compile_cache, library_warnings, memory
 from harness.calls import (assign_by_key, backend_jit, build_object, call_function, describe_dynamo, kind_of,
                            load_case, make_object, results_of, to_numpy_tree, torch_compiler_watch, wrap_layer)
 from harness.cells import Cell
@@ -95,7 +95,8 @@ class CellRun:
         torch_jit = self.backend == "torch" and self.cell.jit
         cache_hits_before = compile_cache.hits(self.backend)
         cpu_before = cpu_seconds()
-        with torch_compiler_watch() if torch_jit else contextlib.nullcontext({}) as dynamo:
+        with (torch_compiler_watch() if torch_jit else contextlib.nullcontext({}) as dynamo,
+              library_warnings.watch() as warned):
             try:
                 self.run_checks()
             except StepFailed as failed:
@@ -118,6 +119,7 @@ class CellRun:
             "notes": self.notes,
             "weights_loaded": self.weights_loaded,
             **({"dynamo": self.dynamo} if self.dynamo else {}),
+            **({"warnings": warned} if warned else {}),
         }
 
     def fail(self, failed: StepFailed) -> None:

@@ -167,6 +167,16 @@ def fails_for_another_reason_than_declared():
 def declared_but_passes():
     import keras
     return keras.layers.Dense(2)
+
+
+@harness.parity_case(inputs=lambda rng: rng.integers(1, 9, size=(2, 5)).astype("int32"), checks=["build", "outputs"],
+                     skip={"*-*-jit": "budget: the warning is the Layer's, not the compiler's"})
+def mask_dropped_by_a_layer():
+    """Keras warns that a layer without masking support destroys the Embedding's mask."""
+    import keras
+
+    return keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(10, 3, mask_zero=True),
+                             keras.layers.Lambda(lambda x: x * 2.0), keras.layers.GlobalAveragePooling1D()])
 '''
 
 BROKEN_ON_TORCH = '''
@@ -197,15 +207,15 @@ def run(tmp_path_factory):
 
 def test_every_case_gets_one_item_and_one_record_per_cell(run):
     items = run.outcomes()
-    assert len(items) == 17 * 6, run.output[-3000:]
+    assert len(items) == 18 * 6, run.output[-3000:]
     assert {n.split("[")[1].rstrip("]") for n in items} == set(CELLS)
     report = run.report
     assert report["schema"] == 1
-    assert len(report["cells"]) == 17 * 6
+    assert len(report["cells"]) == 18 * 6
     assert report["run"]["reference"] == "tensorflow-cpu-nojit"
     assert {"keras", "tensorflow", "jax", "torch"} <= set(report["run"]["versions"])
     lines = (run.path / "reports" / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 17 * 6
+    assert len(lines) == 18 * 6
     matrix = (run.path / "reports" / "parity.md").read_text()
     assert "| case | tensorflow-cpu-nojit | tensorflow-cpu-jit | jax-cpu-nojit" in matrix
     assert "`test_cases.py::perturbed`" in matrix
@@ -380,3 +390,17 @@ def test_cell_checks_narrow_and_skip_removes_what_cells_run(run):
             assert run.outcomes()[f"run_only_without_jit[{cell}]"] == "skipped"
         else:
             assert record["status"] == "pass"
+
+
+def test_what_the_library_warns_is_recorded_per_cell_and_reported(run):
+    for backend in ("tensorflow", "jax", "torch"):
+        warned = run.cell("mask_dropped_by_a_layer", f"{backend}-cpu-nojit")["warnings"]
+        mask = [w for w in warned if "destroy the mask information" in w["message"]]
+        assert len(mask) == 1 and mask[0]["category"] == "UserWarning" and mask[0]["count"] >= 1, warned
+        assert mask[0]["where"].startswith("layer.py:")
+    for backend in ("tensorflow", "jax", "torch"):  # no mask there: no mask warning
+        quiet = run.cell("small_mlp", f"{backend}-cpu-nojit").get("warnings", [])
+        assert not [w for w in quiet if "mask" in w["message"]], quiet
+    page = (run.path / "reports" / "parity.md").read_text()
+    section = page[page.index("## Warnings"):]
+    assert "`test_cases.py::mask_dropped_by_a_layer` | Layer 'lambda' (of type Lambda) was passed an input with a mask" in section

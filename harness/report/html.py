@@ -66,6 +66,7 @@ def render(report: dict) -> str:
         render_compile_failures(cells),
         render_save_matrix(cells),
         render_coverage(cells),
+        render_warnings(cells),
         render_timings(cells),
         "</body></html>",
     ]
@@ -142,6 +143,19 @@ def render_compile_failures(cells: list[dict]) -> str:
     return ('<h2>Compile failures</h2><table id="compile-failures"><thead><tr><th>case</th><th>cell</th>'
             "<th>where</th><th>kind</th><th>unsupported ops</th><th>exception</th><th>hint</th></tr>"
             f"</thead><tbody>{body}</tbody></table>")
+
+
+def render_warnings(cells: list[dict]) -> str:
+    rows = tables.library_warnings(cells)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['message'])}</td><td>{esc(r['category'])}</td>"
+        f"<td>{esc(tables.warned_in(r))}</td><td><b>{esc(', '.join(r['silent_in']))}</b></td></tr>" for r in rows)
+    return ("<h2>Warnings</h2><p>What the library warned while each cell ran (Python warnings and logged "
+            "warnings); a warning some cells give and others do not is marked.</p>"
+            '<table id="warnings"><thead><tr><th>case</th><th>warning</th><th>category</th><th>warned in</th>'
+            f"<th>not in</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def render_timings(cells: list[dict]) -> str:

@@ -36,6 +36,7 @@ def render(report: dict) -> str:
     lines += render_compile_failures(cells)
     lines += render_save_matrix(cells)
     lines += render_coverage(cells)
+    lines += render_warnings(cells)
     lines += render_timings(cells)
     return "\n".join(lines) + "\n"
 
@@ -103,6 +104,19 @@ def render_compile_failures(cells: list[dict]) -> list[str]:
         lines.append(f"| `{escape(r['case'])}` | {r['cell']}{' (declared)' if r['status'] == 'xfail' else ''} "
                      f"| {escape(r['where'])} | {escape(r['kind'])} | {escape(', '.join(r['unsupported_ops']))} "
                      f"| {escape(r['hint'])} |")
+    return lines
+
+
+def render_warnings(cells: list[dict]) -> list[str]:
+    rows = tables.library_warnings(cells)
+    if not rows:
+        return []
+    lines = ["", "## Warnings", "", "What the library warned while each cell ran (Python warnings and "
+             "logged warnings); a warning some cells give and others do not is marked.", "",
+             "| case | warning | category | warned in | not in |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{escape(r['case'])}` | {escape(r['message'])} | {escape(r['category'])} "
+                     f"| {escape(tables.warned_in(r))} | {'**' + escape(', '.join(r['silent_in'])) + '**' if r['silent_in'] else ''} |")
     return lines
 
 

@@ -249,6 +249,29 @@ def compile_failures(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def library_warnings(cells: list[dict]) -> list[dict]:
+    """What the library warned, a row per case and distinct warning: the cells that warned it
+    (with how often) and the case's cells that ran and did not (`silent_in`), since a warning one
+    backend or release gives and another does not often marks a behaviour that differs."""
+    rows: dict[tuple[str, str, str], dict] = {}
+    ran: dict[str, list[str]] = {}
+    for c in sorted(cells, key=lambda c: (c["case"], cell_order(c["cell"]))):
+        if c["status"] != "skip":
+            ran.setdefault(c["case"], []).append(c["cell"])
+        for w in c.get("warnings", []):
+            row = rows.setdefault((c["case"], w["category"], w["message"]),
+                                  {"case": c["case"], "category": w["category"], "message": w["message"],
+                                   "where": w["where"], "cells": {}})
+            row["cells"][c["cell"]] = row["cells"].get(c["cell"], 0) + w["count"]
+    for row in rows.values():
+        row["silent_in"] = [cell for cell in ran.get(row["case"], []) if cell not in row["cells"]]
+    return list(rows.values())
+
+
+def warned_in(row: dict) -> str:
+    return ", ".join(f"{cell} x{n}" if n > 1 else cell for cell, n in row["cells"].items())
+
+
 TIMING_COLUMNS = (  # (key in `timings`, heading, unit)
     ("build_s", "build", "s"),
     ("predict_first_s", "predict first", "s"),
