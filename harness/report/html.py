@@ -150,11 +150,11 @@ def render_warnings(cells: list[dict]) -> str:
     if not rows:
         return ""
     body = "".join(
-        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['message'])}</td><td>{esc(r['category'])}</td>"
+        f"<tr><td>{esc(r['message'])}</td><td>{esc(r['category'])}</td><td>{esc(tables.listed(r['cases']))}</td>"
         f"<td>{esc(tables.warned_in(r))}</td><td><b>{esc(', '.join(r['silent_in']))}</b></td></tr>" for r in rows)
-    return ("<h2>Warnings</h2><p>What the library warned while each cell ran (Python warnings and logged "
-            "warnings); a warning some cells give and others do not is marked.</p>"
-            '<table id="warnings"><thead><tr><th>case</th><th>warning</th><th>category</th><th>warned in</th>'
+    return ("<h2>Warnings</h2><p>What the library warned while the cells ran (Python warnings and logged "
+            "warnings), a row per warning; the cells that ran one of its cases without it are marked, first.</p>"
+            '<table id="warnings"><thead><tr><th>warning</th><th>category</th><th>cases</th><th>warned in</th>'
             f"<th>not in</th></tr></thead><tbody>{body}</tbody></table>")
 
 

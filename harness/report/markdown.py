@@ -111,11 +111,11 @@ def render_warnings(cells: list[dict]) -> list[str]:
     rows = tables.library_warnings(cells)
     if not rows:
         return []
-    lines = ["", "## Warnings", "", "What the library warned while each cell ran (Python warnings and "
-             "logged warnings); a warning some cells give and others do not is marked.", "",
-             "| case | warning | category | warned in | not in |", "|---|---|---|---|---|"]
+    lines = ["", "## Warnings", "", "What the library warned while the cells ran (Python warnings and "
+             "logged warnings), a row per warning; the cells that ran one of its cases without it are marked, "
+             "first.", "", "| warning | category | cases | warned in | not in |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{escape(r['case'])}` | {escape(r['message'])} | {escape(r['category'])} "
+        lines.append(f"| {escape(r['message'])} | {escape(r['category'])} | {escape(tables.listed(r['cases']))} "
                      f"| {escape(tables.warned_in(r))} | {'**' + escape(', '.join(r['silent_in'])) + '**' if r['silent_in'] else ''} |")
     return lines
 

@@ -250,26 +250,36 @@ def compile_failures(cells: list[dict]) -> list[dict]:
 
 
 def library_warnings(cells: list[dict]) -> list[dict]:
-    """What the library warned, a row per case and distinct warning: the cells that warned it
-    (with how often) and the case's cells that ran and did not (`silent_in`), since a warning one
-    backend or release gives and another does not often marks a behaviour that differs."""
-    rows: dict[tuple[str, str, str], dict] = {}
-    ran: dict[str, list[str]] = {}
+    """What the library warned, a row per distinct warning: the cases that gave it, the cells
+    that warned it (with how often, over those cases) and the cells that ran one of those cases
+    without it (`silent_in`), since a warning one backend or release gives and another does not
+    often marks a behaviour that differs."""
+    rows: dict[tuple[str, str], dict] = {}
+    ran: dict[str, set[str]] = {}
     for c in sorted(cells, key=lambda c: (c["case"], cell_order(c["cell"]))):
         if c["status"] != "skip":
-            ran.setdefault(c["case"], []).append(c["cell"])
+            ran.setdefault(c["case"], set()).add(c["cell"])
         for w in c.get("warnings", []):
-            row = rows.setdefault((c["case"], w["category"], w["message"]),
-                                  {"case": c["case"], "category": w["category"], "message": w["message"],
-                                   "where": w["where"], "cells": {}})
+            row = rows.setdefault((w["category"], w["message"]),
+                                  {"category": w["category"], "message": w["message"], "where": w["where"],
+                                   "cases": {}, "cells": {}})
+            row["cases"].setdefault(c["case"], set()).add(c["cell"])
             row["cells"][c["cell"]] = row["cells"].get(c["cell"], 0) + w["count"]
     for row in rows.values():
-        row["silent_in"] = [cell for cell in ran.get(row["case"], []) if cell not in row["cells"]]
-    return list(rows.values())
+        silent = {cell for case, warned in row["cases"].items() for cell in ran.get(case, set()) - warned}
+        row["silent_in"] = sorted(silent, key=cell_order)
+        row["cases"] = sorted(row["cases"])
+    return sorted(rows.values(), key=lambda r: (not r["silent_in"], len(r["cases"]), r["message"]))
 
 
 def warned_in(row: dict) -> str:
-    return ", ".join(f"{cell} x{n}" if n > 1 else cell for cell, n in row["cells"].items())
+    return ", ".join(f"{cell} x{n}" if n > 1 else cell for cell, n in sorted(row["cells"].items(),
+                                                                             key=lambda item: cell_order(item[0])))
+
+
+def listed(names: list[str], shown: int = 6) -> str:
+    """A long list of names as its count and first few."""
+    return f"{len(names)}: " + ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 TIMING_COLUMNS = (  # (key in `timings`, heading, unit)
