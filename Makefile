@@ -44,9 +44,9 @@ $(VENV): pyproject.toml $(CONSTRAINTS)
 
 # A second environment for --keras-env: .venv-$(ENV), the lock with PACKAGES in place of what they
 # name (keras-nightly replaces keras), e.g. make env ENV=k313 PACKAGES="keras==3.13.2".
-env:
+env: $(VENV)
 	@test -n "$(ENV)" || { echo 'make env: name it, e.g. make env ENV=k313 PACKAGES="keras==3.13.2"'; exit 2; }
-	$(PYTHON) ci/make_env.py "$(ENV)" $(CONSTRAINTS) "$(PACKAGES)"
+	$(PY) ci/make_env.py "$(ENV)" $(CONSTRAINTS) "$(PACKAGES)"
 
 # Regenerate both locks from pyproject.toml and the releases in ci/constraints*.in, after
 # changing either. Pins that still resolve are kept; `make lock LOCK_ARGS=--upgrade` moves

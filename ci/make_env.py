@@ -1,6 +1,6 @@
 """`python ci/make_env.py NAME LOCK "REQUIREMENTS"`: a second environment, `.venv-NAME`.
 
-`make env ENV=NAME PACKAGES="keras==3.13.2"` runs it. The environment holds the lock's versions
+`make env ENV=NAME PACKAGES="keras==3.13.2"` runs it, with the main `.venv`'s Python. The environment holds the lock's versions
 with the named requirements put in their place, and keras-parity installed editable, so it can
 run the suites as the main `.venv` does and be the interpreter of `--keras-env NAME=PYTHON`.
 keras-nightly replaces keras (both install the `keras` module). The lock it was made from, with
@@ -16,22 +16,20 @@ import subprocess
 import sys
 import tomllib
 
+from check_lock import PIN  # ci/ is this script's folder, first on sys.path
+from harness.machine import normalized_name
+
 # Distributions that install the same top-level module: asking for one replaces the others.
 SAME_MODULE = {"keras": {"keras", "keras-nightly"}, "keras-nightly": {"keras", "keras-nightly"}}
 EXTRAS = ("all", "onnx", "test")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*={2,3}\S+")
-
-
-def normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def requirement_name(requirement: str) -> str:
     found = NAME.match(requirement.strip())
     if found is None:
         raise SystemExit(f"make env: {requirement!r} is not a requirement; write PACKAGES=\"keras==3.13.2\"")
-    return normalized(found[0].split("[")[0])
+    return normalized_name(found[0].split("[")[0])
 
 
 def replaced_names(requirements: list[str]) -> set[str]:

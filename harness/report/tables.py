@@ -261,8 +261,7 @@ def library_warnings(cells: list[dict]) -> list[dict]:
             ran.setdefault(c["case"], set()).add(c["cell"])
         for w in c.get("warnings", []):
             row = rows.setdefault((w["category"], w["message"]),
-                                  {"category": w["category"], "message": w["message"], "where": w["where"],
-                                   "cases": {}, "cells": {}})
+                                  {"category": w["category"], "message": w["message"], "cases": {}, "cells": {}})
             row["cases"].setdefault(c["case"], set()).add(c["cell"])
             row["cells"][c["cell"]] = row["cells"].get(c["cell"], 0) + w["count"]
     for row in rows.values():
