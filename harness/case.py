@@ -7,7 +7,6 @@ the factory again), so it must not import keras or any backend.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import functools
 import inspect
 import os
@@ -16,11 +15,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.cells import UsageError, validate_pattern
+from harness.cells import UsageError, matches, validate_pattern
 from harness.statuses import FAILING_STATUSES, PASS, is_failure
 
 #: Every check of the contract, in the order a cell runs them.
-ALL_CHECKS = ("build", "outputs", "train", "rng", "save", "export", "timing")
+ALL_CHECKS = ("build", "outputs", "train", "rng", "save", "export", "timing", "version")
+#: Checks the pytest process makes over other cells' results: a worker does not run them, and a
+#: case's `checks=` does not turn them off (`version` runs in --keras-env cells whenever the run has them).
+RUN_LEVEL_CHECKS = ("version",)
 
 
 def full_budget() -> bool:
@@ -118,7 +120,7 @@ class XfailRule:
     outcomes: tuple[tuple[str, str], ...] = ()
 
     def matches(self, cell_id: str) -> bool:
-        return fnmatch.fnmatchcase(cell_id, self.pattern)
+        return matches(cell_id, self.pattern)
 
     @property
     def expected(self) -> str:
@@ -173,7 +175,7 @@ class Case:
 
     def skip_reason(self, cell_id: str) -> str | None:
         for pattern, reason in self.skip:
-            if fnmatch.fnmatchcase(cell_id, pattern):
+            if matches(cell_id, pattern):
                 return reason
         return None
 
@@ -187,12 +189,12 @@ class Case:
 
     def wanted_checks(self) -> list[str]:
         """The checks this case runs, in the contract's order."""
-        return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS)]
+        return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS) and c not in RUN_LEVEL_CHECKS]
 
     def runs_in(self, check: str, cell_id: str) -> bool:
         """Whether the cell runs `check` (a budget: `cell_checks` narrows it per cell)."""
         for pattern, checks in self.cell_checks:
-            if fnmatch.fnmatchcase(cell_id, pattern):
+            if matches(cell_id, pattern):
                 return check in checks
         return True
 

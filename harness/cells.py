@@ -1,4 +1,5 @@
-"""Cells (`backend-device-jit|nojit`), the options that select them, and what this machine can run.
+"""Cells (`backend-device-jit|nojit`, `...@ENV` in another environment), the options that select
+them, and what this machine can run.
 
 Nothing here imports a backend: availability is read from installed package metadata and the
 NVIDIA driver, and a worker confirms at start-up whether its backend really sees a GPU.
@@ -10,12 +11,14 @@ import dataclasses
 import fnmatch
 import importlib.util
 import os
+import re
 import shutil
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEVICES = ("cpu", "gpu")
 JIT_MODES = ("jit", "nojit")
 DEFAULT_REFERENCE = "tensorflow-cpu-nojit"
+ENV_NAME = re.compile(r"[A-Za-z0-9_.]+")  # no '-' or '@': a cell id parses back
 
 
 class UsageError(ValueError):
@@ -27,25 +30,41 @@ class Cell:
     backend: str
     device: str
     jit: bool
+    env: str = ""  # "" for the main environment, else the name given to --keras-env
 
     @property
-    def id(self) -> str:
+    def base_id(self) -> str:
         return f"{self.backend}-{self.device}-{'jit' if self.jit else 'nojit'}"
 
     @property
-    def worker_key(self) -> tuple[str, str]:
-        """Cells that share a worker process: one per (backend, device)."""
-        return (self.backend, self.device)
+    def id(self) -> str:
+        return self.base_id + (f"@{self.env}" if self.env else "")
+
+    @property
+    def worker_key(self) -> tuple[str, str, str]:
+        """Cells that share a worker process: one per (backend, device, environment)."""
+        return (self.backend, self.device, self.env)
+
+    def in_env(self, env: str) -> Cell:
+        return dataclasses.replace(self, env=env)
+
+    @property
+    def nojit(self) -> Cell:
+        """The same cell without jit: a jit cell's sibling."""
+        return dataclasses.replace(self, jit=False)
 
     @classmethod
     def parse(cls, text: str) -> Cell:
-        parts = text.strip().split("-")
-        if len(parts) != 3 or parts[0] not in BACKENDS or parts[1] not in DEVICES or parts[2] not in JIT_MODES:
+        base, _, env = text.strip().partition("@")
+        parts = base.split("-")
+        if (len(parts) != 3 or parts[0] not in BACKENDS or parts[1] not in DEVICES or parts[2] not in JIT_MODES
+                or (env and not ENV_NAME.fullmatch(env))):
             raise UsageError(
-                f"{text!r} is not a cell; write backend-device-jit, e.g. tensorflow-cpu-nojit "
-                f"(backends: {', '.join(BACKENDS)}; devices: cpu, gpu; jit or nojit)"
+                f"{text!r} is not a cell; write backend-device-jit, e.g. tensorflow-cpu-nojit, with "
+                f"@NAME for a --keras-env environment (backends: {', '.join(BACKENDS)}; devices: cpu, gpu; "
+                f"jit or nojit)"
             )
-        return cls(parts[0], parts[1], parts[2] == "jit")
+        return cls(parts[0], parts[1], parts[2] == "jit", env)
 
     def __str__(self) -> str:
         return self.id
@@ -53,15 +72,25 @@ class Cell:
 
 def validate_pattern(pattern: str, where: str) -> None:
     """A cell pattern is a glob over cell ids; it must be able to match at least one cell."""
-    parts = pattern.split("-")
+    base, at, env = pattern.partition("@")
+    parts = base.split("-")
     choices = (BACKENDS, DEVICES, JIT_MODES)
     if len(parts) != 3 or not all(
         any(fnmatch.fnmatchcase(c, p) for c in opts) for p, opts in zip(parts, choices)
-    ):
+    ) or (at and not env):
         raise UsageError(
             f"{where} {pattern!r} matches no cell; write backend-device-jit with * as a "
-            f"wildcard, e.g. 'torch-*-jit' or '*-gpu-*'"
+            f"wildcard, e.g. 'torch-*-jit' or '*-gpu-*', and @NAME for an environment's cells ('*@rc')"
         )
+
+
+def matches(cell_id: str, pattern: str) -> bool:
+    """A pattern without `@` matches a cell of any environment by its `backend-device-jit`
+    (a declaration about a backend holds under every release); with `@NAME`, only that
+    environment's cells."""
+    if "@" in pattern:
+        return "@" in cell_id and fnmatch.fnmatchcase(cell_id, pattern)
+    return fnmatch.fnmatchcase(cell_id.partition("@")[0], pattern)
 
 
 def parse_subset(value: str, choices, option: str, noun: str, usage: str) -> list[str]:
@@ -88,17 +117,47 @@ def machine_has_gpu() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class CellPlan:
-    """The cells a run asks for, with the reason each one that cannot run here is skipped."""
+    """The cells a run asks for, with the reason each one that cannot run here is skipped.
+    With environments (`envs`: name -> Python interpreter), every cell runs in each of them
+    too, compared within its environment with that environment's copy of the reference."""
 
     cells: tuple[Cell, ...]
     skipped: dict[Cell, str]
     reference: Cell
+    envs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def skip_reason(self, cell: Cell) -> str | None:
         return self.skipped.get(cell)
 
+    def for_env(self, env: str) -> CellPlan:
+        """The plan of one environment's cells, with its own reference."""
+        return CellPlan(cells=tuple(c for c in self.cells if c.env == env),
+                        skipped={c: r for c, r in self.skipped.items() if c.env == env},
+                        reference=self.reference.in_env(env), envs=self.envs)
 
-def plan_cells(backends: str, devices: str, jit: str, reference: str | None) -> CellPlan:
+
+def parse_envs(values: list[str], cwd: str) -> dict[str, str]:
+    """`NAME=PYTHON` pairs (--keras-env, ini keras_envs): each environment's interpreter, which
+    must exist (a virtual environment's bin/python, as `make env` makes it)."""
+    envs: dict[str, str] = {}
+    for value in values:
+        name, eq, python = value.strip().partition("=")
+        name, python = name.strip(), python.strip()
+        if not eq or not ENV_NAME.fullmatch(name) or not python:
+            raise UsageError(f"--keras-env {value!r}: write NAME=PYTHON, e.g. rc=.venv-rc/bin/python "
+                             f"(NAME of letters, digits, '_' and '.')")
+        if name in envs:
+            raise UsageError(f"--keras-env: {name!r} is named twice")
+        path = python if os.path.isabs(python) else os.path.join(cwd, python)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise UsageError(f"--keras-env {name}: {python!r} is not an executable Python interpreter "
+                             f"(make one with: make env ENV={name} PACKAGES=\"keras==...\")")
+        envs[name] = os.path.abspath(path)
+    return envs
+
+
+def plan_cells(backends: str, devices: str, jit: str, reference: str | None,
+               envs: dict[str, str] | None = None) -> CellPlan:
     installed = installed_backends()
     if backends.strip() == "all":
         # All three are asked for: one that is not installed is skipped with that reason.
@@ -130,6 +189,9 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None) -> 
     runnable = [c for c in cells if c not in skipped]
     if reference:
         ref = Cell.parse(reference)
+        if ref.env:
+            raise UsageError(f"--keras-reference={ref.id}: the reference is a cell of the main environment; "
+                             f"each --keras-env environment is compared with its own copy of it")
         if ref.backend not in installed or (ref.device == "gpu" and not gpu_here):
             raise UsageError(
                 f"--keras-reference={ref.id} cannot run here "
@@ -139,4 +201,9 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None) -> 
     else:
         default = Cell.parse(DEFAULT_REFERENCE)
         ref = default if default in runnable or not runnable else runnable[0]
-    return CellPlan(cells=cells, skipped=skipped, reference=ref)
+    # The backends of another environment are not read from this one's packages: its workers
+    # say at start-up what they cannot import.
+    envs = envs or {}
+    env_cells = tuple(c.in_env(env) for env in envs for c in cells)
+    env_skipped = {c.in_env(env): r for env in envs for c, r in skipped.items() if "GPU" in r}
+    return CellPlan(cells=cells + env_cells, skipped={**skipped, **env_skipped}, reference=ref, envs=envs)

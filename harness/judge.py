@@ -46,10 +46,12 @@ class Judge:
     def base_record(self, cell: Cell) -> dict:
         return {
             "case": self.case_ref.id, "cell": cell.id, "backend": cell.backend, "device": cell.device,
-            "jit": cell.jit, "reference": self.plan.reference.id, "status": PASS, "checks": {},
+            "jit": cell.jit, "env": cell.env or None, "reference": self.plan.reference.id, "status": PASS, "checks": {},
             "failure": None, "timings": {}, "notes": [], "versions": self.pool.versions(cell.worker_key),
             "kernels": self.pool.kernels(cell.worker_key),
             "covers": list(self.case.covers),
+            # What the environment has installed, once per case (the run's `environments`).
+            **({"packages": self.pool.packages(cell.worker_key)} if cell == self.plan.reference else {}),
         }
 
     def skip_record(self, cell: Cell, reason: str) -> dict:
@@ -110,6 +112,18 @@ class Judge:
             if record["failure"] is not None:
                 record["failure"]["log_tail"] = outcome.log_tail
         record["status"] = worst(c["status"] for c in record["checks"].values())
+        return self.not_a_pass_without_its_comparisons(self.apply_xfail(cell, record))
+
+    def finish(self, cell: Cell, record: dict) -> dict:
+        """The record's status, failure and declarations again, after a check was added to it
+        (`version`, judged once both environments' records are made)."""
+        record.pop("xfail", None)
+        if record["status"] == SKIP and "skip_reason" in record and not record.get("failure") and all(
+                c.get("status") == SKIP for n, c in record["checks"].items() if n != "version"):
+            return record  # a cell that did not run stays a skip, with its reason
+        record.pop("skip_reason", None)
+        record["status"] = worst(c["status"] for c in record["checks"].values())
+        self.refresh_failure(record)
         return self.not_a_pass_without_its_comparisons(self.apply_xfail(cell, record))
 
     @staticmethod

@@ -75,6 +75,46 @@ def packages() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+#: The packages under test, each spelled as any of its distributions (keras-nightly is keras).
+UNDER_TEST = {"keras": ("keras", "keras-nightly"),
+              "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly", "tf-nightly-cpu", "tensorflow-intel"),
+              "tf-keras": ("tf-keras", "tf-keras-nightly"), "jax": ("jax",), "jaxlib": ("jaxlib",),
+              "torch": ("torch",)}
+
+
+def under_test(installed: dict[str, str]) -> dict[str, str]:
+    """Each package under test as installed: 'keras' -> 'keras-nightly 3.16.0.dev2026102704'."""
+    found = {}
+    for package, names in UNDER_TEST.items():
+        for name in names:
+            if name in installed:
+                found[package] = f"{name} {installed[name]}"
+                break
+    return found
+
+
+def what_differs(before: dict[str, str], now: dict[str, str]) -> dict:
+    """Between two sets of installed packages: the packages under test that differ ('keras 3.15.1 ->
+    keras-nightly 3.16.0.dev...', one package whichever distribution holds it), and the
+    incidental ones apart."""
+    old, new = under_test(before), under_test(now)
+    tested = [f"{old.get(p, p + ' (absent)')} -> {new.get(p, p + ' (absent)')}"
+              for p in UNDER_TEST if old.get(p) != new.get(p)]
+    names = {n for names in UNDER_TEST.values() for n in names}
+    incidental = [f"{name} {before.get(name, '(absent)')} -> {now.get(name, '(absent)')}"
+                  for name in sorted(set(before) | set(now))
+                  if name not in names and before.get(name) != now.get(name)]
+    return {"under_test": tested, "incidental": incidental}
+
+
+def differs_line(differs: dict) -> str:
+    """`what_differs` in one line, the packages under test first."""
+    line = "; ".join(differs["under_test"]) or "no package under test differs"
+    if differs["incidental"]:
+        line += f" (incidental: {', '.join(differs['incidental'])})"
+    return line
+
+
 def describe(kernels: dict[str, dict]) -> dict:
     """`run.machine`: `kernels` is what each worker's backend chose, by worker (`tensorflow-cpu`)."""
     installed = packages()

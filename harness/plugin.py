@@ -17,7 +17,7 @@ import time
 import pytest
 
 from harness.case import ALL_CHECKS, Case
-from harness.cells import Cell, CellPlan, UsageError, parse_subset, plan_cells
+from harness.cells import Cell, CellPlan, UsageError, parse_envs, parse_subset, plan_cells
 from harness import compile_cache, machine
 from harness.report import gate as gate_rules
 from harness.report import tables as report_tables
@@ -48,12 +48,28 @@ OPTIONS = (
 )
 
 
+ENVS_HELP = ("NAME=PYTHON: run every cell again under that interpreter's packages (another keras, TensorFlow, "
+             "JAX or torch release, e.g. a virtual environment from `make env`), as cells backend-device-jit@NAME, "
+             "each compared with the main environment's same cell by value (the version check); repeatable")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("keras-parity", "keras-parity: Keras 3 cross-backend parity")
     for name, default, help_text in OPTIONS:
         group.addoption("--" + name.replace("_", "-"), dest=name, default=None,
                         help=f"{help_text} [default: {default or 'see help'}; ini: {name}]")
         parser.addini(name, help=help_text, default="")  # "": not set, the default applies
+    group.addoption("--keras-env", dest="keras_envs", action="append", default=None, metavar="NAME=PYTHON",
+                    help=f"{ENVS_HELP} [ini: keras_envs, one per line]")
+    parser.addini("keras_envs", help=ENVS_HELP, type="linelist", default=[])
+
+
+def environments(config: pytest.Config) -> dict[str, str]:
+    """--keras-env (all of them), else the ini's keras_envs: name -> interpreter."""
+    values = config.getoption("keras_envs")
+    if values is None:
+        values = config.getini("keras_envs")
+    return parse_envs(values, str(config.invocation_params.dir))
 
 
 def option(config: pytest.Config, name: str) -> str:
@@ -76,7 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "keras_parity: a keras-parity cell item")
     try:
         plan = plan_cells(option(config, "keras_backends"), option(config, "keras_devices"),
-                          option(config, "keras_jit"), option(config, "keras_reference") or None)
+                          option(config, "keras_jit"), option(config, "keras_reference") or None,
+                          environments(config))
         checks = parse_checks(option(config, "keras_checks"))
         timeout = float(option(config, "keras_timeout"))
         if timeout <= 0:
@@ -209,6 +226,7 @@ class ParityPlugin:
         self.config = config
         self.gate = gate
         self.gate_result: dict | None = None
+        self.finished_run: dict | None = None  # `run` of the report written at the end
         self.plan = plan
         self.timeout = timeout
         self.checks = checks
@@ -304,6 +322,7 @@ class ParityPlugin:
             if self.gate_result["regressions"] or (self.gate["perf_fail"] and self.gate_result["slowdowns"]):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.writer.finish(run)
+        self.finished_run = run
 
     def pytest_unconfigure(self, config) -> None:
         if self.session is not None:  # sessionfinish did not run (an internal error)
@@ -312,10 +331,12 @@ class ParityPlugin:
     def run_info(self, exitstatus) -> dict:
         versions, kernels = {}, {}
         for record in self.writer.cells:
+            if record.get("env"):
+                continue
             versions.update(record.get("versions", {}))
             if record.get("kernels"):
                 kernels[f"{record['backend']}-{record['device']}"] = record["kernels"]
-        return {
+        return {**self.environments_info(), 
             "started": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "host": platform.node(),
@@ -330,6 +351,23 @@ class ParityPlugin:
             "exitstatus": int(exitstatus),
         }
 
+    def environments_info(self) -> dict:
+        """With --keras-env: each environment's interpreter and packages (as its workers reported
+        them), and what differs from the main one, packages under test first."""
+        if not self.plan.envs:
+            return {}
+        main = machine.packages()
+        found = {"main": {"python": sys.executable, "packages": main}}
+        for name, python in self.plan.envs.items():
+            packages = next((r["packages"] for r in self.writer.cells if r.get("env") == name and r.get("packages")), None)
+            found[name] = {"python": python, "packages": packages or {}}
+            if packages is None:
+                found[name]["differs"] = {"under_test": [], "incidental": [],
+                                          "unknown": "no worker of this environment started"}
+            else:
+                found[name]["differs"] = machine.what_differs(main, packages)
+        return {"environments": found}
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.writer is None or not self.writer.cells:
             return
@@ -337,6 +375,8 @@ class ParityPlugin:
         for record in self.writer.cells:
             counts[record["status"]] = counts.get(record["status"], 0) + 1
         terminalreporter.write_sep("-", "keras-parity")
+        for line in report_tables.environment_lines(self.finished_run or {}):
+            terminalreporter.write_line(line)
         terminalreporter.write_line(
             f"{len(self.writer.cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f"; reference {self.plan.reference.id}")

@@ -1,6 +1,7 @@
-"""The pool of worker processes, one per (backend, device), owned by the pytest process.
+"""The pool of worker processes, one per (backend, device, environment), owned by the pytest process.
 
-Each worker is `python -m harness.worker` in a session of its own (so a kill reaches the
+Each worker is `python -m harness.worker` (under the environment's interpreter, for a
+`--keras-env` one) in a session of its own (so a kill reaches the
 compiler subprocesses it may have started), with its environment set before keras is
 imported. The pool queues jobs per worker, sends each worker one job at a time, and watches
 every job: past its deadline the worker's process group is killed and the job is a
@@ -29,9 +30,18 @@ LOG_TAIL_LINES = 40
 LOG_LINE_CHARS = 300  # faulthandler's list of extension modules is one very long line
 
 
-def worker_environment(backend: str, device: str, compile_cache_dir: str | None = None) -> dict[str, str]:
+#: The folder holding the `harness` package: another environment's worker imports this copy of
+#: it, so both sides speak the same protocol whatever that environment has installed.
+HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker_environment(backend: str, device: str, compile_cache_dir: str | None = None,
+                       python: str | None = None) -> dict[str, str]:
     """The environment a worker needs before keras is imported."""
     env = dict(os.environ)
+    if python is not None:  # another environment: its own packages, this harness
+        env.pop("VIRTUAL_ENV", None)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (HARNESS_ROOT, env.get("PYTHONPATH")) if p)
     for name, value in compile_cache.worker_environment(compile_cache_dir).items():
         env.setdefault(name, value)  # the user's own cache settings win
     env.update(
@@ -73,7 +83,7 @@ class Outcome:
 
 @dataclasses.dataclass
 class Job:
-    key: tuple[str, str]
+    key: tuple[str, str, str]
     request: dict
     timeout: float
     on_done: Callable[[Outcome], None]
@@ -82,17 +92,20 @@ class Job:
 class WorkerProcess:
     """One worker: the subprocess, its two pipes and its log file."""
 
-    def __init__(self, key: tuple[str, str], log_dir: str, serial: int, compile_cache_dir: str | None):
-        backend, device = key
+    def __init__(self, key: tuple[str, str, str], log_dir: str, serial: int, compile_cache_dir: str | None,
+                 python: str | None = None):
+        backend, device, env = key
         self.key = key
-        self.log_path = os.path.join(log_dir, f"{backend}-{device}.{serial}.log")
+        self.log_path = os.path.join(log_dir, f"{backend}-{device}{'@' + env if env else ''}.{serial}.log")
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.worker", "--backend", backend, "--device", device,
+            [python or sys.executable, "-m", "harness.worker", "--backend", backend, "--device", device,
              "--read-fd", str(req_r), "--write-fd", str(rep_w), "--parent-pid", str(os.getpid())],
-            env=worker_environment(backend, device, compile_cache_dir),
+            # Compiled kernels of one release are not another's: each environment caches its own.
+            env=worker_environment(backend, device, compile_cache_dir and env and os.path.join(
+                compile_cache_dir, f"env-{env}") or compile_cache_dir, python),
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             pass_fds=(req_r, rep_w), start_new_session=True,
         )
@@ -164,37 +177,42 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    def __init__(self, log_dir: str, compile_cache_dir: str | None = None):
+    def __init__(self, log_dir: str, compile_cache_dir: str | None = None, envs: dict[str, str] | None = None):
         self.log_dir = log_dir
         self.compile_cache_dir = compile_cache_dir
-        self.workers: dict[tuple[str, str], WorkerProcess] = {}
+        self.envs = envs or {}  # environment name -> its Python interpreter
+        self.workers: dict[tuple[str, str, str], WorkerProcess] = {}
         # Keys whose backend cannot serve here (no GPU seen, the import fails): the reason.
-        self.unavailable: dict[tuple[str, str], tuple[str, str]] = {}
+        self.unavailable: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.started = collections.Counter()
-        self.info: dict[tuple[str, str], dict] = {}  # what each key's worker reported at start
+        self.info: dict[tuple[str, str, str], dict] = {}  # what each key's worker reported at start
         os.makedirs(log_dir, exist_ok=True)
 
-    def versions(self, key: tuple[str, str]) -> dict:
+    def versions(self, key: tuple[str, str, str]) -> dict:
         """keras' and the backend's versions, as the worker of `key` reported them."""
         info = self.info.get(key)
         return {"keras": info["keras"], key[0]: info["version"]} if info else {}
 
-    def kernels(self, key: tuple[str, str]) -> dict:
+    def packages(self, key: tuple[str, str, str]) -> dict:
+        """Every distribution installed where the worker of `key` runs: name -> version."""
+        return self.info.get(key, {}).get("packages", {})
+
+    def kernels(self, key: tuple[str, str, str]) -> dict:
         """The kernels `key`'s backend chose on this machine (oneDNN, torch's CPU capability)."""
         return self.info.get(key, {}).get("kernels", {})
 
-    def start(self, key: tuple[str, str]) -> WorkerProcess:
+    def start(self, key: tuple[str, str, str]) -> WorkerProcess:
         """Start `key`'s worker if it is not running; the backend imports while we go on."""
         worker = self.workers.get(key)
         if worker is None:
             self.started[key] += 1
             worker = self.workers[key] = WorkerProcess(key, self.log_dir, self.started[key],
-                                                       self.compile_cache_dir)
+                                                       self.compile_cache_dir, self.envs.get(key[2]))
         return worker
 
     def run(self, jobs: list[Job]) -> None:
         """Run jobs to completion: each worker takes its own jobs in order, all side by side."""
-        queues: dict[tuple[str, str], collections.deque[Job]] = collections.defaultdict(collections.deque)
+        queues: dict[tuple[str, str, str], collections.deque[Job]] = collections.defaultdict(collections.deque)
         for job in jobs:
             queues[job.key].append(job)
         for key in queues:
@@ -236,7 +254,7 @@ class WorkerPool:
             worker.ready = True
             worker.info = self.info[worker.key] = {k: v for k, v in message.items() if k != "type"}
             if not message.get("device_ok"):
-                backend, device = worker.key
+                backend, device, _ = worker.key
                 self._retire(worker, ("skip", f"{backend} sees no {device.upper()} here "
                                       f"(a CPU-only build, or no driver for it)"))
         elif message["type"] == "fatal":

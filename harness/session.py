@@ -26,6 +26,7 @@ from harness.arbiter.verdict import DIVERGES, MORE_NUDGED_RUNS, NUDGED_RUNS, Evi
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, installed_backends
+from harness.checks import version
 from harness.judge import Judge
 from harness.replies import CaseReplies, fallback_order
 from harness.pool import Job, Outcome, WorkerPool
@@ -77,7 +78,7 @@ class ParitySession:
         self.report_dir = report_dir  # where reproducers of localized divergences go (None: none)
         self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
-        self.pool = WorkerPool(log_dir, compile_cache_dir)
+        self.pool = WorkerPool(log_dir, compile_cache_dir, plan.envs)
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.work_dir = tempfile.mkdtemp(prefix="keras-parity-", dir=shm)
         self.records: dict[tuple[str, str], dict] = {}
@@ -96,16 +97,21 @@ class ParitySession:
         self._case_counter += 1
         case_dir = os.path.join(self.work_dir, f"case{self._case_counter}")
         os.makedirs(case_dir)
-        reference = self.plan.reference
         wanted = [c for c in case.wanted_checks() if c in self.checks]
-        judge = Judge(case, case_ref, self.plan, self.pool, wanted)
-        skipped = {}
-        for cell in cells:
-            reason = self.plan.skip_reason(cell) or case.skip_reason(cell.id)
-            if reason:
-                skipped[cell] = reason
-                self.records[(case_ref.id, cell.id)] = judge.skip_record(cell, reason)
-        runnable = [reference] + [c for c in cells if c != reference and c not in skipped]
+        # The main environment first: its reference writes the initial weights every cell of
+        # every environment loads.
+        envs = [EnvironmentRun(env, self.plan.for_env(env), Judge(case, case_ref, self.plan.for_env(env), self.pool,
+                                                                   wanted), case_dir)
+                for env in ["", *self.plan.envs] if env == "" or any(c.env == env for c in cells)]
+        for run in envs:
+            for cell in cells:
+                reason = cell.env == run.env and (self.plan.skip_reason(cell) or case.skip_reason(cell.id))
+                if reason:
+                    run.skipped[cell] = reason
+                    self.records[(case_ref.id, cell.id)] = run.judge.skip_record(cell, reason)
+            run.runnable = [run.plan.reference] + [c for c in cells if c.env == run.env and c != run.plan.reference
+                                                   and c not in run.skipped]
+            run.replies = CaseReplies(file_cells(run.runnable))
 
         seed = case.seed(case_ref.id)
         inputs_path = os.path.join(case_dir, "inputs.npz")
@@ -121,16 +127,41 @@ class ParitySession:
                 sample_weight_path = os.path.join(case_dir, "sample_weight.npz")
                 arrays.save_tree(sample_weight_path, sample_weight)
         except Exception as exc:  # noqa: BLE001 - the user's inputs callable is user code
-            for cell in runnable:
-                self.records[(case_ref.id, cell.id)] = judge.input_error_record(cell, exc)
+            for run in envs:
+                for cell in run.runnable:
+                    self.records[(case_ref.id, cell.id)] = run.judge.input_error_record(cell, exc)
             return
 
-        replies = CaseReplies(file_cells(runnable))
-        weights_path = os.path.join(case_dir, "reference_weights.npz")
         common = {"case": dataclasses.asdict(case_ref), "inputs": inputs_path, "seed": seed}
+        data = {"targets": targets_path, "sample_weight": sample_weight_path}
+        for run in envs:
+            if run.env and os.path.exists(envs[0].weights_path):
+                shutil.copyfile(envs[0].weights_path, run.weights_path)  # the main environment's
+                run.shares_main_weights = True
+            self.run_cells(case, run, wanted, {**common, **data})
+        self.run_cross_checks(envs, common)
+
+        main = envs[0]
+        for run in envs:
+            records = {cell: run.judge.cell_record(cell, run.replies) for cell in run.runnable}
+            arbiter_common = {**common, "weights": run.weights_path, "sample_weight": sample_weight_path}
+            if run.judge.to_arbitrate:  # values beyond the plain tolerance: judged again against float64
+                records = self.arbitrate(run.judge, run.replies, arbiter_common, run.folder, run.runnable)
+            self.localize(case, case_ref, run.judge, records, run.replies, {**common, "weights": run.weights_path},
+                          run.folder)
+            run.records = records
+            if run.env and "version" in self.checks:
+                self.compare_versions(case, case_ref, run, main, common)
+            for cell, record in run.records.items():
+                self.records[(case_ref.id, cell.id)] = record
+
+    def run_cells(self, case: Case, run: EnvironmentRun, wanted: list[str], common: dict) -> None:
+        """Phases 1 and 2 in one environment: the reference (it writes the initial weights, in the
+        main environment), then every other cell side by side."""
+        replies = run.replies
 
         def job(cell: Cell, writes_weights: bool = False) -> Job:
-            out_dir = os.path.join(case_dir, cell.id)
+            out_dir = os.path.join(run.folder, cell.id)
             os.makedirs(out_dir)
             request = {
                 **common,
@@ -138,44 +169,54 @@ class ParitySession:
                 "cell": cell.id,
                 "checks": [c for c in wanted if case.runs_in(c, cell.id)
                            and (c not in ONCE_PER_WORKER or replies.file_cells[cell.worker_key] == cell)],
-                "targets": targets_path,
-                "sample_weight": sample_weight_path,
                 "out_dir": out_dir,
-                "save_weights_to": weights_path if writes_weights else None,
+                "save_weights_to": run.weights_path if writes_weights else None,
                 # Without any cell's weights (every candidate failed first), a cell keeps its
                 # own; its comparisons are then skipped, not failed.
-                "load_weights_from": weights_path if not writes_weights and os.path.exists(weights_path) else None,
+                "load_weights_from": run.weights_path if not writes_weights and os.path.exists(run.weights_path)
+                else None,
             }
             return Job(cell.worker_key, request, self.timeout,
                        lambda outcome: replies.outcomes.__setitem__(cell, outcome))
 
         # Start every worker the case needs now, so their backends import side by side
         # while the reference cell runs.
-        for cell in runnable[1:]:
+        for cell in run.runnable[1:]:
             if cell.worker_key not in self.pool.unavailable:
                 self.pool.start(cell.worker_key)
-        # The reference writes the initial weights every other cell loads. Where it fails
-        # before it gets there, the next cell that runs writes them instead (the fallback
-        # reference, named in the records), so the cells that work are still compared.
-        rest = [c for c in fallback_order(self.plan) if c in runnable]
-        while rest:
-            writer = rest.pop(0)
-            self.pool.run([job(writer, writes_weights=True)])
-            if os.path.exists(weights_path) or replies.check(writer, "outputs").get("status") == PASS:
-                replies.weights_from = writer
-                break
-            if replies.outcomes[writer].status == TIMEOUT:
-                break  # a model that hangs in one cell would hang the others one after another
+        rest = [c for c in fallback_order(run.plan) if c in run.runnable]
+        if not run.shares_main_weights:
+            # The reference writes the initial weights every other cell loads. Where it fails
+            # before it gets there, the next cell that runs writes them instead (the fallback
+            # reference, named in the records), so the cells that work are still compared.
+            while rest:
+                writer = rest.pop(0)
+                self.pool.run([job(writer, writes_weights=True)])
+                if os.path.exists(run.weights_path) or replies.check(writer, "outputs").get("status") == PASS:
+                    replies.weights_from = writer
+                    break
+                if replies.outcomes[writer].status == TIMEOUT:
+                    break  # a model that hangs in one cell would hang the others one after another
         self.pool.run([job(cell) for cell in rest])
-        self.run_cross_checks(replies, common, case_dir)
 
-        records = {cell: judge.cell_record(cell, replies) for cell in runnable}
-        if judge.to_arbitrate:  # values beyond the plain tolerance: judged again against float64
-            records = self.arbitrate(judge, replies, {**common, "weights": weights_path,
-                                                      "sample_weight": sample_weight_path}, case_dir, runnable)
-        self.localize(case, case_ref, judge, records, replies, {**common, "weights": weights_path}, case_dir)
-        for cell, record in records.items():
-            self.records[(case_ref.id, cell.id)] = record
+    def compare_versions(self, case: Case, case_ref: CaseRef, run: EnvironmentRun, main: EnvironmentRun,
+                         common: dict) -> None:
+        """The `version` check of each of this environment's cells against the main
+        environment's same cell; outputs that moved are localized with the main cell as the
+        reference, to the first layer whose output moved."""
+        for cell, record in run.records.items():
+            main_cell = cell.in_env("")
+            version.judge(case, cell, record, run.replies, main_cell, main.replies, main.records.get(main_cell),
+                          run.shares_main_weights)
+        moved = [cell for cell, record in run.records.items()
+                 if record["checks"][version.NAME].get("first_moved", {}).get("check") == "outputs"
+                 and run.replies.check(cell, "outputs").get("kind") in ("model", "layer")]
+        for cell in moved:
+            self.localize_group(case, case_ref, version.NAME, (), cell.in_env(""), [cell], run.records,
+                                {**common, "weights": main.weights_path},
+                                os.path.join(run.folder, f"localize-version-{cell.id}"), reproducers=False)
+        for cell, record in run.records.items():
+            run.judge.finish(cell, record)
 
     def arbitrate(self, judge: Judge, replies: CaseReplies, common: dict, case_dir: str,
                   cells: list[Cell]) -> dict[Cell, dict]:
@@ -239,59 +280,102 @@ class ParitySession:
             folder = os.path.join(case_dir, "localize-" + "-".join([check, *map(str, step)]))
             weights = common["weights"] if not step else localize.step_weights(
                 replies.check(reference, "train")["file"], step[0], common["weights"], folder + "-weights.npz")
-            base = {**common, "type": "localize", "training": check == "train", "weights": weights,
-                    "rtol": case.rtol, "atol": case.atol, "reference_cell": reference.id}
-            replies_of: dict[Cell, Outcome] = {}
-
-            def job(cell: Cell, **request) -> Job:
-                out_dir = os.path.join(folder, cell.id)
-                os.makedirs(out_dir)
-                return Job(cell.worker_key, {**base, "cell": cell.id, "out_dir": out_dir, **request}, self.timeout,
-                           lambda outcome, cell=cell: replies_of.__setitem__(cell, outcome))
-
-            # The reference taps its layers, and again in float64: each layer is judged against it.
-            self.pool.run([job(reference, reference=None, float64=True)])
-            found = replies_of[reference].reply or {"error": f"the reference's worker: {replies_of[reference].message}"}
-            if not found.get("error"):
-                float64 = {"float64_file": found["float64_file"]} if found.get("float64_held") else {}
-                self.pool.run([job(cell, reference={"file": found["file"], "calls": found["calls"], **float64},
-                                   repro_dir=self.report_dir and localize.repro_folder(
-                                       self.report_dir, case_ref.id, cell, check)) for cell in cells])
-            localize.judge(records, check, reference, cells, {
-                cell: (found if found.get("error") else replies_of[cell].reply or {
-                    "error": f"the worker: {replies_of[cell].status}: {replies_of[cell].message}"})
-                for cell in cells}, found, case)
+            self.localize_group(case, case_ref, check, step, reference, cells, records, {**common, "weights": weights},
+                                folder)
             for cell in cells:
                 judge.refresh_failure(records[cell])
 
-    def run_cross_checks(self, replies: CaseReplies, common: dict, case_dir: str) -> None:
-        """Phase 3: `.keras` files across backends, SavedModels through TFSMLayer."""
-        saved = replies.saved_files()
-        exported = replies.exported_files()
-        jobs = []
-        for key, loader in replies.file_cells.items():
-            others = {cell.id: path for cell, path in saved.items() if cell.backend != loader.backend}
-            reply = replies.reply(loader)
-            if not others or reply is None or reply["checks"].get("save", {}).get("status") is None:
-                continue
-            out_dir = os.path.join(case_dir, f"{loader.id}-loads")
+    def localize_group(self, case: Case, case_ref: CaseRef, check: str, step: list, reference: Cell,
+                       cells: list[Cell], records: dict[Cell, dict], common: dict, folder: str,
+                       reproducers: bool = True) -> None:
+        """One localization: `reference` taps its layers (and again in float64), then each of
+        `cells` compares its own taps with them, side by side; the records get what they found.
+        A reproducer is written where it can be checked in fresh processes of both cells'
+        interpreters: within one environment."""
+        base = {**common, "type": "localize", "training": check == "train", "rtol": case.rtol, "atol": case.atol,
+                "reference_cell": reference.id}
+        replies_of: dict[Cell, Outcome] = {}
+
+        def job(cell: Cell, **request) -> Job:
+            out_dir = os.path.join(folder, cell.id)
             os.makedirs(out_dir)
-            random = bool(replies.check(loader, "outputs").get("random"))
-            jobs.append(Job(key, {**common, "type": "load_saved", "files": others, "out_dir": out_dir,
-                                  "random": random},
-                            self.timeout, lambda o, loader=loader: replies.loaded.__setitem__(loader, o)))
-        if exported:
-            if "tensorflow" in installed_backends() and EXPORT_RELOADER not in self.pool.unavailable:
-                out_dir = os.path.join(case_dir, "export-reloads")
+            return Job(cell.worker_key, {**base, "cell": cell.id, "out_dir": out_dir, **request}, self.timeout,
+                       lambda outcome, cell=cell: replies_of.__setitem__(cell, outcome))
+
+        self.pool.run([job(reference, reference=None, float64=True)])
+        found = replies_of[reference].reply or {"error": f"the reference's worker: {replies_of[reference].message}"}
+        if not found.get("error"):
+            float64 = {"float64_file": found["float64_file"]} if found.get("float64_held") else {}
+            self.pool.run([job(cell, reference={"file": found["file"], "calls": found["calls"], **float64},
+                               repro_dir=reproducers and self.report_dir and localize.repro_folder(
+                                   self.report_dir, case_ref.id, cell, check) or None) for cell in cells])
+        localize.judge(records, check, reference, cells, {
+            cell: (found if found.get("error") else replies_of[cell].reply or {
+                "error": f"the worker: {replies_of[cell].status}: {replies_of[cell].message}"})
+            for cell in cells}, found, case)
+
+    def run_cross_checks(self, envs: list[EnvironmentRun], common: dict) -> None:
+        """Phase 3: `.keras` and `.weights.h5` files across backends, and across environments both
+        ways (every file another environment saved); SavedModels through TFSMLayer."""
+        saved = {cell: path for run in envs for cell, path in run.replies.saved_files().items()}
+        weights = {cell: os.path.join(os.path.dirname(path), "model.weights.h5") for cell, path in saved.items()}
+        jobs = []
+        for run in envs:
+            replies = run.replies
+            for key, loader in replies.file_cells.items():
+                others = {cell.id: path for cell, path in saved.items()
+                          if cell.env != loader.env or cell.backend != loader.backend}
+                reply = replies.reply(loader)
+                if not others or reply is None or reply["checks"].get("save", {}).get("status") is None:
+                    continue
+                out_dir = os.path.join(run.folder, f"{loader.id}-loads")
+                os.makedirs(out_dir)
+                random = bool(replies.check(loader, "outputs").get("random"))
+                other_envs = {cell.id: path for cell, path in weights.items() if cell.env != loader.env}
+                jobs.append(Job(key, {**common, "type": "load_saved", "files": others, "weights_files": other_envs,
+                                      "out_dir": out_dir, "random": random},
+                                self.timeout, lambda o, loader=loader, replies=replies: replies.loaded.__setitem__(loader, o)))
+            exported = replies.exported_files()
+            reloader = (*EXPORT_RELOADER, run.env)
+            if not exported:
+                continue
+            if "tensorflow" in installed_backends() and reloader not in self.pool.unavailable:
+                out_dir = os.path.join(run.folder, "export-reloads")
                 os.makedirs(out_dir)
                 files = {cell.id: sm["file"] for cell, sm in exported.items()}
                 structures = {cell.id: sm["input_structure"] for cell, sm in exported.items()}
                 random = {cell.id: bool(replies.check(cell, "outputs").get("random")) for cell in exported}
-                jobs.append(Job(EXPORT_RELOADER, {**common, "type": "reload_exports", "files": files,
-                                                  "structures": structures, "random": random,
-                                                  "out_dir": out_dir}, self.timeout,
-                                lambda o: setattr(replies, "reloaded", o)))
+                jobs.append(Job(reloader, {**common, "type": "reload_exports", "files": files,
+                                           "structures": structures, "random": random,
+                                           "out_dir": out_dir}, self.timeout,
+                                lambda o, replies=replies: setattr(replies, "reloaded", o)))
             else:
                 replies.reloaded = Outcome(status="skip", message="reloading a SavedModel needs a "
                                            "TensorFlow worker, and none can run here")
         self.pool.run(jobs)
+
+
+@dataclasses.dataclass
+class EnvironmentRun:
+    """One environment's share of a case: its cells, replies and records. The main environment's
+    folder is the case's; another's is a subfolder, with a copy of the main initial weights."""
+
+    env: str
+    plan: CellPlan
+    judge: Judge
+    case_dir: str
+    skipped: dict[Cell, str] = dataclasses.field(default_factory=dict)
+    runnable: list[Cell] = dataclasses.field(default_factory=list)
+    replies: CaseReplies | None = None
+    records: dict[Cell, dict] = dataclasses.field(default_factory=dict)
+    shares_main_weights: bool = False  # loaded the main environment's initial weights
+
+    @property
+    def folder(self) -> str:
+        folder = os.path.join(self.case_dir, f"env-{self.env}") if self.env else self.case_dir
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.folder, "reference_weights.npz")

@@ -17,7 +17,7 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
-from harness import compile_cache
+from harness import compile_cache, machine
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -35,7 +35,7 @@ def configure_backend(backend: str, device: str) -> dict:
     """Import keras and the backend, switch off TF32 and non-determinism, report the devices."""
     import keras
 
-    info = {"keras": keras.__version__, "backend": keras.backend.backend()}
+    info = {"keras": keras.__version__, "backend": keras.backend.backend(), "packages": machine.packages()}
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -89,7 +89,7 @@ def check_seed_footgun(cell: Cell, record: dict, replies) -> None:
 def compare_with_sibling(cell: Cell, record: dict, replies) -> None:
     """A jit cell's seeded draws against its nojit sibling's, in the same backend."""
     rng = record["checks"].get("rng")
-    sibling = Cell(cell.backend, cell.device, False)
+    sibling = cell.nojit
     if not cell.jit or rng is None or rng.get("status") != PASS:
         return
     mine, theirs = replies.check(cell, "rng"), replies.check(sibling, "rng")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from harness import arrays
-from harness.calls import build_object, custom_objects_of, load_case, results_of, same_results, wrap_layer
+from harness.calls import build_object, custom_objects_of, kind_of, load_case, results_of, same_results, wrap_layer
 from harness.replies import NOT_RUN, compare_files, ran_elsewhere
 from harness.statuses import MISMATCH, PASS, worst
 from harness.steps import each_file
@@ -52,12 +52,17 @@ def run(ctx, case, obj, kind: str, inputs) -> None:
     }
 
 
+WEIGHTS_FILE = " .weights.h5"  # the suffix of a `.weights.h5` file's source in the matrix
+
+
 def load_saved_models(request: dict) -> dict:
-    """Load `.keras` files saved under other backends and predict on the case's inputs."""
+    """Load `.keras` files saved under other cells and predict on the case's inputs; and the
+    `.weights.h5` files of `weights_files` (another environment's), into the case's own model."""
     import keras
 
     inputs = arrays.load_tree(request["inputs"])
     custom = {}
+    case = None
     try:
         case = load_case(request["case"])
         keras.backend.clear_session(free_memory=False)
@@ -73,8 +78,23 @@ def load_saved_models(request: dict) -> dict:
         arrays.save_tree(out, results_of(lambda: model.predict_on_batch(inputs), request["random"]))
         return out
 
+    def load_weights(source, path):
+        if case is None:
+            raise RuntimeError("the case could not be imported in this worker, so there is no model to load "
+                               "the weights into")
+        fresh = case.factory()
+        kind = kind_of(fresh)
+        build_object(fresh, kind, inputs)
+        model = fresh if kind == "model" else wrap_layer(fresh, inputs)
+        model.load_weights(path)
+        model.compile(jit_compile=False)
+        out = os.path.join(request["out_dir"], f"weights_from_{source}.npz")
+        arrays.save_tree(out, results_of(lambda: model.predict_on_batch(inputs), request["random"]))
+        return out
+
     results = each_file(request["files"], "save", "load_other_backend", load)
-    return {"type": "loaded", "results": results}
+    weights = each_file(request.get("weights_files", {}), "save", "load_weights_other_env", load_weights)
+    return {"type": "loaded", "results": {**results, **{s + WEIGHTS_FILE: r for s, r in weights.items()}}}
 
 
 def judge(case_judge, cell, record: dict, replies) -> None:
@@ -101,11 +121,17 @@ def judge_loads(case_judge, loader, save: dict, outcome, replies) -> dict:
         return save
     matrix = {}
     for source, result in outcome.reply["results"].items():
+        what = ".weights.h5 saved under " + source.removesuffix(WEIGHTS_FILE) if source.endswith(WEIGHTS_FILE) \
+            else f".keras saved under {source}"
         if result["status"] != PASS:
-            matrix[source] = {"status": result["status"], "message": result["failure"]["message"],
-                              "hint": result["failure"].get("hint")}
-            save.setdefault("failure", {**result["failure"], "message": f".keras saved under {source}: "
-                                                                         f"{result['failure']['message']}"})
+            failure = dict(result["failure"])
+            if source.partition("@")[2].removesuffix(WEIGHTS_FILE) != loader.env:
+                failure["hint"] = (f"the file was written by another environment's release ({source}) and this release "
+                                   f"does not read it (the cause names what it rejects): a file moves between releases "
+                                   f"only where the reading release knows what the writing one saves; keep such files "
+                                   f"with the release that reads them, or rebuild the model in code and load_weights")
+            matrix[source] = {"status": result["status"], "message": failure["message"], "hint": failure.get("hint")}
+            save.setdefault("failure", {**failure, "message": f"{what}: {failure['message']}"})
             continue
         matrix[source] = compare_files(replies.nojit_outputs(loader), result["file"], case_judge.case.rtol,
                                        case_judge.case.atol,
@@ -114,7 +140,8 @@ def judge_loads(case_judge, loader, save: dict, outcome, replies) -> dict:
     bad = {s: r for s, r in matrix.items() if r["status"] != PASS}
     if bad:
         save["status"] = worst(r["status"] for r in bad.values())
-        save["message"] = "; ".join(f".keras saved under {s}: {r.get('message', r['status'])}"
-                                    for s, r in bad.items())
+        save["message"] = "; ".join(
+            f"{'.weights.h5 saved under ' + s.removesuffix(WEIGHTS_FILE) if s.endswith(WEIGHTS_FILE) else '.keras saved under ' + s}"
+            f": {r.get('message', r['status'])}" for s, r in bad.items())
     return save
 

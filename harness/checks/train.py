@@ -218,7 +218,7 @@ def compare_draws_with_sibling(cell: Cell, train: dict, replies) -> None:
     if not cell.jit or train.get("status") != PASS:
         return
     mine = replies.check(cell, "train").get("randomness", {})
-    theirs = replies.check(Cell(cell.backend, cell.device, False), "train").get("randomness", {})
+    theirs = replies.check(cell.nojit, "train").get("randomness", {})
     if not (mine.get("draws") and theirs.get("draws")):
         return
     law = compare_losses_by_law(theirs["draws"], mine["draws"], "the nojit sibling")

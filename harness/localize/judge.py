@@ -56,7 +56,7 @@ def judge(records: dict[Cell, dict], check: str, reference: Cell, cells: list[Ce
             if cell in values and reference in values:
                 name, first["agree"] = compare.outlier(values, cell, reference, case.rtol, case.atol, passed)
                 reply = {**reply, "first_divergence": first}
-        sibling = records.get(Cell(cell.backend, cell.device, False))
+        sibling = records.get(cell.nojit)
         sibling_agrees = bool(sibling) and sibling["checks"].get(check, {}).get("status") == PASS
         merge(records[cell], check, reply, cell, reference, name, sibling_agrees, reference_reply)
         seconds = reply.get("seconds", {})
@@ -95,11 +95,11 @@ def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, ou
         first["outlier"] = outlier_name
     if cell.jit and sibling_agrees:
         first.update(cause="compiler", compiler=COMPILERS.get(cell.backend, "the compiler"),
-                     agrees_without_jit=Cell(cell.backend, cell.device, False).id)
+                     agrees_without_jit=cell.nojit.id)
     if reply.get("reproducer"):
         first["reproducer"] = reply["reproducer"]
     if not first.get("layer") and not first.get("between_layers"):
-        if check == "outputs" and not reply.get("tapped_outputs_diverge"):
+        if check != "train" and not reply.get("tapped_outputs_diverge"):
             first["hidden_by_tapping"] = True
         elif check == "train":
             first["in"] = "the loss"
@@ -110,7 +110,7 @@ def merge(record: dict, check: str, reply: dict, cell: Cell, reference: Cell, ou
         entry["first_divergence"] = first
     else:
         entry["first_divergence"] = {**entry["first_divergence"], "forward": first}
-    if check == "outputs":
+    if check != "train":
         entry["message"] = f"{summary}; {entry.get('message', '')}"
     else:  # after the step and variable it names, before their figures
         head, _, figures = entry.get("message", "").partition(": ")

@@ -24,9 +24,23 @@ STATUS_MARKS = {
 
 
 def cell_order(cell_id: str) -> tuple:
-    backend, device, jit = cell_id.split("-")
+    """The main environment's cells, then each other environment's, in the same order."""
+    base, _, env = cell_id.partition("@")
+    backend, device, jit = base.split("-")
     order = {"tensorflow": 0, "jax": 1, "torch": 2, "cpu": 0, "gpu": 1, "nojit": 0, "jit": 1}
-    return (order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
+    return (env, order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
+
+
+def environment_lines(run: dict) -> list[str]:
+    """What differs between the environments, one line each, first in every report."""
+    lines = []
+    for name, env in run.get("environments", {}).items():
+        if name == "main":
+            continue
+        differs = env.get("differs", {})
+        what = differs.get("unknown") or machine.differs_line(differs)
+        lines.append(f"environment {name} against the main one: {what}")
+    return lines
 
 
 def status_counts(cells: list[dict]) -> dict[str, int]:
@@ -58,7 +72,7 @@ FAILING = ("mismatch", "error", "compile_error", "crash", "timeout")
 
 #: One letter per check in the matrix, and one mark per check status.
 CHECK_LETTERS = {"build": "B", "outputs": "O", "train": "T", "rng": "R", "save": "S", "export": "E",
-                 "timing": "t"}
+                 "timing": "t", "version": "V"}
 CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "compile_error": "✗",
                "crash": "✗", "timeout": "✗"}
 
