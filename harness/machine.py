@@ -158,11 +158,9 @@ def differences(before: dict, now: dict) -> list[str]:
     for key, label in (("cpu", "CPU"), ("kernels", "kernels"), ("gpus", "GPUs"), ("overrides", "overrides")):
         if before.get(key) != now.get(key):
             lines.append(f"{label}: {describe_part(key, before)} -> {describe_part(key, now)}")
-    old, new = before.get("packages", {}), now.get("packages", {})
-    changed = [f"{name} {old.get(name, '(absent)')} -> {new.get(name, '(absent)')}"
-               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
-    if changed:
-        lines.append(f"packages ({len(changed)}): " + ", ".join(changed))
+    differs = what_differs(before.get("packages", {}), now.get("packages", {}))
+    if differs["under_test"] or differs["incidental"]:
+        lines.append("packages: " + differs_line(differs))
     return lines
 
 

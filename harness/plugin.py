@@ -21,7 +21,7 @@ from harness.cells import Cell, CellPlan, UsageError, parse_envs, parse_subset, 
 from harness import compile_cache, machine
 from harness.report import gate as gate_rules
 from harness.report import tables as report_tables
-from harness.report import ReportError, ReportWriter, read_report
+from harness.report import ReportError, ReportWriter, read_report, values
 from harness.session import CaseRef, ParitySession
 from harness.statuses import PASS, SKIP, XFAIL
 
@@ -37,7 +37,10 @@ OPTIONS = (
      "first cell that can run)"),
     ("keras_report_dir", "reports", "folder for results.jsonl, parity.json, parity.md, parity.html and worker logs"),
     ("keras_timeout", "600", "seconds a cell may take before its worker is killed (timeout)"),
-    ("keras_baseline", "", "an earlier parity.json: fail the session on any cell that got worse"),
+    ("keras_baseline", "",
+     "an earlier report folder (or its parity.json): fail the session on any cell that got worse and, "
+     "with the folder's values, on any value that moved (each cell starts from the baseline's inputs and "
+     "initial weights)"),
     ("keras_perf_threshold", "",
      "with a baseline: report steady-state timings slower than RATIO x the baseline's, beyond "
      "the spread both runs measured (e.g. 1.5)"),
@@ -114,10 +117,17 @@ def read_gate_options(config: pytest.Config) -> dict | None:
         if threshold:
             raise UsageError("--keras-perf-threshold needs --keras-baseline=FILE to compare with")
         return None
+    given = os.path.join(config.invocation_params.dir, path)
+    folder = given if os.path.isdir(given) else None
+    report_dir = os.path.join(config.invocation_params.dir, option(config, "keras_report_dir"))
+    if folder and os.path.realpath(folder) == os.path.realpath(report_dir):
+        raise UsageError(f"--keras-baseline={path} is this run's report folder, which the run overwrites: copy the "
+                         f"baseline elsewhere first (cp -r {path} baseline-reports), or set --keras-report-dir")
     try:
-        baseline = read_report(os.path.join(config.invocation_params.dir, path))
+        baseline = read_report(os.path.join(folder, "parity.json") if folder else given)
     except ReportError as exc:
         raise UsageError(f"--keras-baseline: {exc}") from None
+    kept = folder and os.path.join(folder, values.FOLDER)
     try:
         ratio = float(threshold) if threshold else None
         if ratio is not None and ratio <= 1:
@@ -125,6 +135,7 @@ def read_gate_options(config: pytest.Config) -> dict | None:
     except ValueError:
         raise UsageError(f"--keras-perf-threshold: {threshold!r} is not a ratio above 1 (e.g. 1.5)") from None
     return {"baseline": baseline, "path": path, "perf_threshold": ratio,
+            "values": kept if kept and os.path.isdir(kept) else None,
             "perf_fail": option(config, "keras_perf_fail").lower() in ("1", "yes", "true", "on")}
 
 
@@ -273,7 +284,8 @@ class ParityPlugin:
             # pytest's cache folder (absent under -p no:cacheprovider): --cache-clear runs cold.
             cache = getattr(self.config, "cache", None)
             cache_dir = str(cache.mkdir(compile_cache.CACHE_NAME)) if cache is not None else None
-            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks, cache_dir, self.report_dir)
+            self.session = ParitySession(self.plan, self.timeout, log_dir, self.checks, cache_dir, self.report_dir,
+                                         (self.gate or {}).get("values"))
         if self.selected is None:  # the items left after -k, --lf, deselection
             self.selected = {}
             for other in item.session.items:
@@ -314,12 +326,13 @@ class ParityPlugin:
             self.session.close()
         if self.writer is None:
             return
+        values.prune(self.report_dir, {record["case"] for record in self.writer.cells})
         run = self.run_info(exitstatus)
         if self.gate is not None:
             self.gate_result = gate_rules.compare_to_baseline(self.gate["baseline"], self.writer.cells,
                                                               self.gate["perf_threshold"], run)
             run["gate"] = {**self.gate_result, "baseline": self.gate["path"]}
-            if self.gate_result["regressions"] or (self.gate["perf_fail"] and self.gate_result["slowdowns"]):
+            if gate_rules.failed(self.gate_result) or (self.gate["perf_fail"] and self.gate_result["slowdowns"]):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.writer.finish(run)
         self.finished_run = run
@@ -384,6 +397,6 @@ class ParityPlugin:
         if self.gate_result is not None:
             lines = gate_rules.describe(self.gate_result)
             terminalreporter.write_sep("-", f"keras-parity gate against {self.gate['path']}: "
-                                            + ("FAILED" if self.gate_result["regressions"] else "passed"))
+                                            + ("FAILED" if gate_rules.failed(self.gate_result) else "passed"))
             for line in lines or ["no cell got worse"]:
                 terminalreporter.write_line(line)

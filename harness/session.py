@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from harness import arrays
+from harness.report import values
 from harness.arbiter.verdict import DIVERGES, MORE_NUDGED_RUNS, NUDGED_RUNS, Evidence
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
@@ -73,8 +74,9 @@ class ParitySession:
 
     def __init__(self, plan: CellPlan, timeout: float, log_dir: str,
                  checks: tuple[str, ...] = ALL_CHECKS, compile_cache_dir: str | None = None,
-                 report_dir: str | None = None):
+                 report_dir: str | None = None, baseline_dir: str | None = None):
         self.plan = plan
+        self.baseline_dir = baseline_dir  # an earlier report folder whose values each cell is compared with
         self.report_dir = report_dir  # where reproducers of localized divergences go (None: none)
         self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
@@ -116,6 +118,7 @@ class ParitySession:
         seed = case.seed(case_ref.id)
         inputs_path = os.path.join(case_dir, "inputs.npz")
         targets_path = sample_weight_path = None
+        baseline = self.baseline_dir and values.case_folder(self.baseline_dir, case_ref.id)
         try:
             arrays.save_tree(inputs_path, case.make_inputs(seed))
             targets = case.make_targets(seed)
@@ -126,6 +129,12 @@ class ParitySession:
             if sample_weight is not None:
                 sample_weight_path = os.path.join(case_dir, "sample_weight.npz")
                 arrays.save_tree(sample_weight_path, sample_weight)
+            # Against a baseline's values: its inputs and initial weights, where it kept them whole.
+            for path in (inputs_path, targets_path, sample_weight_path, envs[0].weights_path):
+                kept = baseline and path and values.start_file(baseline, os.path.basename(path))
+                if kept:
+                    shutil.copyfile(kept, path)
+            envs[0].weights_given = os.path.exists(envs[0].weights_path)
         except Exception as exc:  # noqa: BLE001 - the user's inputs callable is user code
             for run in envs:
                 for cell in run.runnable:
@@ -137,7 +146,7 @@ class ParitySession:
         for run in envs:
             if run.env and os.path.exists(envs[0].weights_path):
                 shutil.copyfile(envs[0].weights_path, run.weights_path)  # the main environment's
-                run.shares_main_weights = True
+                run.weights_given = True
             self.run_cells(case, run, wanted, {**common, **data})
         self.run_cross_checks(envs, common)
 
@@ -154,6 +163,31 @@ class ParitySession:
                 self.compare_versions(case, case_ref, run, main, common)
             for cell, record in run.records.items():
                 self.records[(case_ref.id, cell.id)] = record
+        if self.report_dir:
+            self.keep_values(case, case_ref, envs, case_dir, baseline)
+
+    def keep_values(self, case: Case, case_ref: CaseRef, envs: list[EnvironmentRun], case_dir: str,
+                    baseline: str | None) -> None:
+        """The values this case compared, into the report folder; against a baseline's, each
+        cell's record gets `baseline_values` (what moved, with its figures)."""
+        folder = values.case_folder(self.report_dir, case_ref.id)
+        values.keep_start(case_dir, folder)
+        for run in envs:
+            for cell, record in run.records.items():
+                outputs = run.replies.check(cell, "outputs")
+                files = {"outputs": None if outputs.get("random") else outputs.get("file"),
+                         "train": run.replies.check(cell, "train").get("file")}
+                files = {check: path for check, path in files.items() if path}
+                values.keep_cell(folder, cell.id, files)
+                if baseline and os.path.isdir(baseline):
+                    found = values.compare_cell(baseline, cell.id, files, case.rtol, case.atol)
+                    if not envs[0].weights_given or not os.path.exists(os.path.join(baseline, "reference_weights.npz")):
+                        found["not_compared"].append("the baseline kept no initial weights to start from (over "
+                                                     "the size limit, or none): values compared from this run's own")
+                    record["baseline_values"] = found
+                elif baseline:
+                    record["baseline_values"] = {"compared": [], "moved": [],
+                                                 "not_compared": ["the baseline has no values of this case"]}
 
     def run_cells(self, case: Case, run: EnvironmentRun, wanted: list[str], common: dict) -> None:
         """Phases 1 and 2 in one environment: the reference (it writes the initial weights, in the
@@ -185,7 +219,7 @@ class ParitySession:
             if cell.worker_key not in self.pool.unavailable:
                 self.pool.start(cell.worker_key)
         rest = [c for c in fallback_order(run.plan) if c in run.runnable]
-        if not run.shares_main_weights:
+        if not run.weights_given:
             # The reference writes the initial weights every other cell loads. Where it fails
             # before it gets there, the next cell that runs writes them instead (the fallback
             # reference, named in the records), so the cells that work are still compared.
@@ -207,7 +241,7 @@ class ParitySession:
         for cell, record in run.records.items():
             main_cell = cell.in_env("")
             version.judge(case, cell, record, run.replies, main_cell, main.replies, main.records.get(main_cell),
-                          run.shares_main_weights)
+                          run.weights_given)
         moved = [cell for cell, record in run.records.items()
                  if record["checks"][version.NAME].get("first_moved", {}).get("check") == "outputs"
                  and run.replies.check(cell, "outputs").get("kind") in ("model", "layer")]
@@ -368,7 +402,9 @@ class EnvironmentRun:
     runnable: list[Cell] = dataclasses.field(default_factory=list)
     replies: CaseReplies | None = None
     records: dict[Cell, dict] = dataclasses.field(default_factory=dict)
-    shares_main_weights: bool = False  # loaded the main environment's initial weights
+    # Every cell loads given initial weights (another environment: the main one's; against a
+    # baseline: the baseline's); else the reference writes them.
+    weights_given: bool = False
 
     @property
     def folder(self) -> str:

@@ -166,7 +166,7 @@ def run_gate(args) -> int:
     result = gate.compare_to_baseline(baseline, report["cells"], args.perf_threshold, report.get("run", {}))
     for line in gate.describe(result) or ["no cell got worse"]:
         print(line)
-    return 1 if result["regressions"] or (args.perf_fail and result["slowdowns"]) else 0
+    return 1 if gate.failed(result) or (args.perf_fail and result["slowdowns"]) else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """The pre-release gate: this run against a baseline report (`--keras-baseline`).
 
 A regression is a cell that passed in the baseline and no longer does, or a failing cell a
-case did not have before. A cell declared machine-dependent that moved between its allowed
+case did not have before. Against a baseline folder with its values, every cell starts from the
+baseline's inputs and initial weights, and a value that moved beyond the case's tolerances is
+listed (`moved`, its figures from each record's `baseline_values`) and fails the gate as a
+regression does: a release that moves every backend alike changes no status. A cell that failed
+there and passes now is `fixed`. A cell declared machine-dependent that moved between its allowed
 outcomes is not one: it is listed with the machines' differences, which the gate reports
 whenever the baseline came from another machine (CPU, kernels, GPU, packages). A slowdown is a
 steady-state timing beyond `--keras-perf-threshold` times the baseline's, and beyond the noise
@@ -14,6 +18,7 @@ from __future__ import annotations
 from harness import machine
 from harness.statuses import is_failure
 
+MOVED_SHOWN = 40  # lines of moved values in the terminal and the pages
 TIMINGS = (("predict_median_s", "predict_min_s", "predict_max_s"),
            ("train_median_s", "train_min_s", "train_max_s"))
 
@@ -59,8 +64,18 @@ def compare_to_baseline(baseline: dict, cells: list[dict], perf_threshold: float
                     slowdowns.append({"case": key[0], "cell": key[1], "timing": median, "ratio": round(ratio, 3),
                                       "now_s": now[median], "baseline_s": then[median]})
     changes = machine_changes(baseline.get("run", {}), run) if run is not None else []
+    fixed = [{"case": c["case"], "cell": c["cell"], "was": before[(c["case"], c["cell"])]["status"]}
+             for c in cells if c["status"] == "pass" and (c["case"], c["cell"]) in before
+             and (is_failure(before[(c["case"], c["cell"])]["status"]) or before[(c["case"], c["cell"])]["status"] == "xfail")]
+    moved = [{"case": c["case"], "cell": c["cell"], **m} for c in cells for m in c.get("baseline_values", {}).get("moved", [])]
+    compared = sum(bool(c.get("baseline_values", {}).get("compared")) for c in cells)
     return {"regressions": regressions, "slowdowns": slowdowns, "perf_threshold": perf_threshold,
-            "machine_changes": changes, "machine_dependent": machine_dependent}
+            "machine_changes": changes, "machine_dependent": machine_dependent, "moved": moved, "fixed": fixed,
+            "values_compared": compared if any("baseline_values" in c for c in cells) else None}
+
+
+def failed(gate: dict) -> bool:
+    return bool(gate["regressions"] or gate.get("moved"))
 
 
 def describe(gate: dict) -> list[str]:
@@ -68,6 +83,19 @@ def describe(gate: dict) -> list[str]:
     lines += [f"regression: {r['case']} [{r['cell']}]: {r['was']} -> {r['now']}" for r in gate["regressions"]]
     lines += [f"machine-dependent, not a regression: {m['case']} [{m['cell']}]: {m['was']} -> {m['now']} "
               f"(declared outcomes: {m['allowed']})" for m in gate.get("machine_dependent", [])]
+    moved = gate.get("moved", [])
+    lines += [f"moved: {m['case']} [{m['cell']}] {where_moved(m)}: {m.get('message', '')}" for m in moved[:MOVED_SHOWN]]
+    if len(moved) > MOVED_SHOWN:
+        lines.append(f"moved: {len(moved) - MOVED_SHOWN} more quantities (all in parity.json's run.gate.moved)")
+    lines += [f"fixed: {f['case']} [{f['cell']}]: {f['was']} -> pass" for f in gate.get("fixed", [])]
+    if gate.get("values_compared") is not None:
+        lines.append(f"values compared with the baseline's in {gate['values_compared']} cells")
     lines += [f"slowdown: {s['case']} [{s['cell']}] {s['timing']}: {s['ratio']:.2f}x "
               f"({s['baseline_s'] * 1000:.2f} ms -> {s['now_s'] * 1000:.2f} ms)" for s in gate["slowdowns"]]
     return lines
+
+
+def where_moved(moved: dict) -> str:
+    if moved.get("step") is not None:
+        return f"{moved['check']} step {moved['step']} {moved['quantity']} {moved['variable']}"
+    return f"{moved['check']} {moved.get('variable') or moved.get('quantity', '')}".strip()

@@ -54,12 +54,15 @@ def render(report: dict) -> str:
         "style-src 'unsafe-inline'; img-src data:\">",
         "<title>keras-parity report</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>keras-parity report</h1>",
+        "".join(f'<p class="environments"><b>{esc(line)}</b></p>' for line in tables.environment_lines(run)),
         f"<p id=\"summary\">{len(cells)} cells: {counts}. Reference cell: "
         f"<code>{esc(run.get('reference', '?'))}</code>.</p>",
         f"<p class=\"muted\">{versions}</p>" if versions else "",
         "".join(f'<p class="muted machine">Machine: {esc(line)}</p>' for line in tables.machines(run)),
+        render_gate(run),
         render_matrix(cells, anchors),
         render_failures(cells, anchors),
+        render_versions(cells),
         render_localized(cells),
         render_arbitrated(cells),
         render_machine_dependent(cells),
@@ -96,6 +99,28 @@ def render_matrix(cells: list[dict], anchors: dict) -> str:
         rows.append(f"<tr><th><code>{esc(case)}</code></th>{''.join(tds)}</tr>")
     return (f'<h2>Matrix</h2><table id="matrix"><thead><tr><th>case</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_gate(run: dict) -> str:
+    gate = tables.gate_summary(run)
+    if not gate:
+        return ""
+    return (f'<h2 id="gate">{esc(gate[0])}</h2><ul>' + "".join(f"<li>{esc(line)}</li>" for line in gate[1])
+            + "</ul>")
+
+
+def render_versions(cells: list[dict]) -> str:
+    rows = tables.versions_compared(cells)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td><code>{esc(r['case'])}</code></td><td>{esc(r['cell'])}</td><td>{esc(r['compared_with'])}</td>"
+        f"<td>{esc(r['moved'])}</td><td>{r['count']}</td><td>{esc(r['statuses'])}</td><td>{esc(r['warnings'])}</td></tr>"
+        for r in rows)
+    return ("<h2>Across environments (version)</h2><p>Each cell of another environment against the main "
+            "environment's same cell, from the same inputs and initial weights.</p>"
+            '<table id="versions"><thead><tr><th>case</th><th>cell</th><th>compared with</th><th>moved first</th>'
+            f"<th>moved</th><th>statuses</th><th>warnings</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def render_coverage(cells: list[dict]) -> str:
@@ -243,7 +268,7 @@ def render_save_matrix(cells: list[dict]) -> str:
         f"<tr><td><code>{esc(case)}</code></td><td>{esc(source)}</td>"
         + "".join(status_td(r[col], esc(r[col])) if col in r else "<td>—</td>" for col in columns) + "</tr>"
         for case, source, r in rows)
-    return (f'<h2>.keras files across backends</h2><table id="save-matrix"><thead><tr><th>case</th>'
+    return (f'<h2>Files across backends and environments (saved under x loaded under)</h2><table id="save-matrix"><thead><tr><th>case</th>'
             f"<th>saved under</th>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 

@@ -18,18 +18,23 @@ def render(report: dict) -> str:
     cells = report["cells"]
     run = report.get("run", {})
     lines = ["# keras-parity report", ""]
+    lines += [f"**{escape(line)}**" for line in tables.environment_lines(run)]
     if run.get("versions"):
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
     for line in tables.machines(run):
         lines.append(f"Machine: {escape(line)}")
     lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
                  + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
+    gate = tables.gate_summary(run)
+    if gate:
+        lines += ["", f"## {escape(gate[0])}", ""] + [f"- {escape(line)}" for line in gate[1]]
     lines += render_matrix(cells)
     for case, compared in tables.fallback_references(cells):
         lines.append(f"\nFallback reference for `{escape(case)}` (its reference cell failed): {escape(compared)}")
     # What matters first: what failed (divergences before errors), where it diverges, what the
     # float64 arbiter said; then the tables about the run.
     lines += render_failures(cells)
+    lines += render_versions(cells)
     lines += render_localized(cells)
     lines += render_arbitrated(cells)
     lines += render_machine_dependent(cells)
@@ -44,7 +49,7 @@ def render(report: dict) -> str:
 def render_matrix(cells: list[dict]) -> list[str]:
     m = tables.matrix(cells)
     lines = ["", "Each cell: its status, then a mark per check (B build, O outputs with its max abs "
-             "error, T train, R rng, S save, E export, t timing; ✓ passed, ≠ mismatched, ✗ failed, "
+             "error, T train, R rng, S save, E export, t timing, V version; ✓ passed, ≠ mismatched, ✗ failed, "
              "· skipped or not run).", "",
              "| case | " + " | ".join(m.cell_ids) + " |", "|---" * (len(m.cell_ids) + 1) + "|"]
     for case, records in m.rows:
@@ -136,11 +141,26 @@ def render_timings(cells: list[dict]) -> list[str]:
     return lines
 
 
+def render_versions(cells: list[dict]) -> list[str]:
+    rows = tables.versions_compared(cells)
+    if not rows:
+        return []
+    lines = ["", "## Across environments (version)", "",
+             "Each cell of another environment against the main environment's same cell, from the same inputs "
+             "and initial weights: what moved first (and how many quantities moved), the checks whose status "
+             "changed, and what the library warned in one environment only.", "",
+             "| case | cell | compared with | moved first | moved | statuses | warnings |", "|---" * 7 + "|"]
+    for r in rows:
+        lines.append(f"| `{escape(r['case'])}` | {r['cell']} | {r['compared_with']} | {escape(r['moved'])} | "
+                     f"{r['count']} | {escape(r['statuses'])} | {escape(r['warnings'][:MESSAGE_CHARS])} |")
+    return lines
+
+
 def render_save_matrix(cells: list[dict]) -> list[str]:
     columns, rows = tables.save_matrix(cells)
     if not rows:
         return []
-    lines = ["", "## .keras files across backends (saved under x loaded under)", "",
+    lines = ["", "## Files across backends and environments (saved under x loaded under)", "",
              "| case | saved under | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for case, source, results in rows:
         lines.append(f"| `{escape(case)}` | {source} | "

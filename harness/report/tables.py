@@ -31,6 +31,44 @@ def cell_order(cell_id: str) -> tuple:
     return (env, order.get(backend, 9), backend, order.get(device, 9), order.get(jit, 9))
 
 
+def versions_compared(cells: list[dict]) -> list[dict]:
+    """Each environment cell's `version` check that found something: what moved from the main
+    environment's same cell (first, with the count), the checks whose status changed, and the
+    warnings only one environment gave."""
+    rows = []
+    for c in cells:
+        version = c.get("checks", {}).get("version")
+        if not version or not (version.get("moved") or version.get("statuses_changed")
+                               or version.get("warnings_differ") or version.get("status") not in ("pass", "skip")):
+            continue
+        first = version.get("first_moved") or {}
+        where = "" if not first else ("outputs" if first["check"] == "outputs" else
+                                      f"train step {first['step']} {first['quantity']} {first['variable']}")
+        layer = (version.get("first_divergence") or {}).get("layer")
+        rows.append({"case": c["case"], "cell": c["cell"], "status": c["status"],
+                     "compared_with": version.get("compared_with", ""),
+                     "moved": where + (f", first at layer {layer}" if layer else "")
+                     + (f" (max abs err {first['max_abs_err']:.3g})" if first.get("max_abs_err") is not None else ""),
+                     "count": version.get("moved_count", 0),
+                     "statuses": ", ".join(f"{k} {v}" for k, v in version.get("statuses_changed", {}).items()),
+                     "warnings": "; ".join(
+                         [f"only here: {w}" for w in version.get("warnings_differ", {}).get("only_here", [])]
+                         + [f"only in main: {w}" for w in version.get("warnings_differ", {}).get("only_in_main", [])])})
+    return rows
+
+
+def gate_summary(run: dict) -> tuple[str, list[str]] | None:
+    """The gate's outcome against the baseline (a heading) and its lines, where the run had one."""
+    from harness.report import gate as gate_rules
+
+    result = run.get("gate")
+    if not result:
+        return None
+    outcome = "FAILED" if gate_rules.failed(result) else "passed"
+    return (f"Gate against {result.get('baseline', 'the baseline')}: {outcome}",
+            gate_rules.describe(result) or ["no cell got worse"])
+
+
 def environment_lines(run: dict) -> list[str]:
     """What differs between the environments, one line each, first in every report."""
     lines = []
@@ -86,7 +124,7 @@ def status_label(record: dict, marks: dict = STATUS_MARKS) -> str:
     """The matrix's headline for a cell: its status (with its mark from `marks`), led by the
     divergence where its values diverge and a worse failure (an exporter's error) sets the status."""
     status = record["status"]
-    values = [n for n in diverged(record) if n in ("outputs", "train")]
+    values = [n for n in diverged(record) if n in ("outputs", "train", "version")]
     if values and status not in ("mismatch", "xfail"):
         return f"{marks.get('mismatch', 'mismatch')} ({', '.join(values)}) · {marks.get(status, status)}"
     return marks.get(status, status)
@@ -418,7 +456,7 @@ def localized(cells: list[dict]) -> list[Localized]:
     """Every cell whose divergence was localized, with its per-layer table (cut where long)."""
     found = []
     for c in cells:
-        for check in ("outputs", "train"):
+        for check in ("outputs", "train", "version"):
             localization = c.get("checks", {}).get(check, {}).get("localization")
             if not localization or not localization.get("layers"):
                 continue
