@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-_STRUCTURE_KEY = "__structure__"
+STRUCTURE_KEY = "__structure__"
 
 
 def flatten(value: Any) -> tuple[Any, list[np.ndarray]]:
@@ -71,7 +71,7 @@ def save_tree(path: str, value: Any) -> list[str]:
     dtypes = [str(leaf.dtype) for leaf in leaves]
     leaves = [portable(leaf) for leaf in leaves]
     np.savez(path, **{str(i): leaf for i, leaf in enumerate(leaves)},
-             **{_STRUCTURE_KEY: np.frombuffer(json.dumps(skeleton).encode(), dtype=np.uint8)})
+             **{STRUCTURE_KEY: np.frombuffer(json.dumps(skeleton).encode(), dtype=np.uint8)})
     return dtypes
 
 
@@ -84,7 +84,7 @@ def load_leaves(path: str) -> tuple[Any, list[np.ndarray]]:
     # Copies: inputs go to user code and compilers (torch.compile refuses arrays whose base
     # is a memory map), and these files are small.
     data = read_npz(path)
-    skeleton = json.loads(data.pop(_STRUCTURE_KEY).tobytes().decode())
+    skeleton = json.loads(data.pop(STRUCTURE_KEY).tobytes().decode())
     return skeleton, [np.array(data[str(i)]) for i in range(len(data))]
 
 

@@ -127,7 +127,7 @@ def read_gate_options(config: pytest.Config) -> dict | None:
         baseline = read_report(os.path.join(folder, "parity.json") if folder else given)
     except ReportError as exc:
         raise UsageError(f"--keras-baseline: {exc}") from None
-    kept = folder and os.path.join(folder, values.FOLDER)
+    kept = folder and os.path.isdir(os.path.join(folder, values.FOLDER))
     try:
         ratio = float(threshold) if threshold else None
         if ratio is not None and ratio <= 1:
@@ -135,7 +135,7 @@ def read_gate_options(config: pytest.Config) -> dict | None:
     except ValueError:
         raise UsageError(f"--keras-perf-threshold: {threshold!r} is not a ratio above 1 (e.g. 1.5)") from None
     return {"baseline": baseline, "path": path, "perf_threshold": ratio,
-            "values": kept if kept and os.path.isdir(kept) else None,
+            "values": folder if kept else None,  # the report folder whose values/ the cells are compared with
             "perf_fail": option(config, "keras_perf_fail").lower() in ("1", "yes", "true", "on")}
 
 

@@ -76,7 +76,7 @@ class ParitySession:
                  checks: tuple[str, ...] = ALL_CHECKS, compile_cache_dir: str | None = None,
                  report_dir: str | None = None, baseline_dir: str | None = None):
         self.plan = plan
-        self.baseline_dir = baseline_dir  # an earlier report folder whose values each cell is compared with
+        self.baseline_dir = baseline_dir  # an earlier report folder whose values/ each cell is compared with
         self.report_dir = report_dir  # where reproducers of localized divergences go (None: none)
         self.checks = checks  # --keras-checks: the run's subset
         self.timeout = timeout
@@ -181,7 +181,7 @@ class ParitySession:
                 values.keep_cell(folder, cell.id, files)
                 if baseline and os.path.isdir(baseline):
                     found = values.compare_cell(baseline, cell.id, files, case.rtol, case.atol)
-                    if not envs[0].weights_given or not os.path.exists(os.path.join(baseline, "reference_weights.npz")):
+                    if not envs[0].weights_given and os.path.exists(envs[0].weights_path):
                         found["not_compared"].append("the baseline kept no initial weights to start from (over "
                                                      "the size limit, or none): values compared from this run's own")
                     record["baseline_values"] = found

@@ -18,7 +18,7 @@ from __future__ import annotations
 from harness import machine
 from harness.statuses import is_failure
 
-MOVED_SHOWN = 40  # lines of moved values in the terminal and the pages
+MOVED_SHOWN = 40  # cells whose values moved, a line each, in the terminal and the pages
 TIMINGS = (("predict_median_s", "predict_min_s", "predict_max_s"),
            ("train_median_s", "train_min_s", "train_max_s"))
 
@@ -83,10 +83,16 @@ def describe(gate: dict) -> list[str]:
     lines += [f"regression: {r['case']} [{r['cell']}]: {r['was']} -> {r['now']}" for r in gate["regressions"]]
     lines += [f"machine-dependent, not a regression: {m['case']} [{m['cell']}]: {m['was']} -> {m['now']} "
               f"(declared outcomes: {m['allowed']})" for m in gate.get("machine_dependent", [])]
-    moved = gate.get("moved", [])
-    lines += [f"moved: {m['case']} [{m['cell']}] {where_moved(m)}: {m.get('message', '')}" for m in moved[:MOVED_SHOWN]]
-    if len(moved) > MOVED_SHOWN:
-        lines.append(f"moved: {len(moved) - MOVED_SHOWN} more quantities (all in parity.json's run.gate.moved)")
+    by_cell: dict[tuple[str, str], list[dict]] = {}
+    for m in gate.get("moved", []):
+        by_cell.setdefault((m["case"], m["cell"]), []).append(m)
+    for (case, cell), moved in list(by_cell.items())[:MOVED_SHOWN]:
+        first = moved[0]
+        figures = f" (max abs err {first['max_abs_err']:.3g})" if first.get("max_abs_err") is not None else ""
+        lines.append(f"moved: {case} [{cell}]: {len(moved)} quantit{'y' if len(moved) == 1 else 'ies'}, first "
+                     f"{where_moved(first)}{figures}: {first.get('message', '')[:200]}")
+    if len(by_cell) > MOVED_SHOWN:
+        lines.append(f"moved: {len(by_cell) - MOVED_SHOWN} more cells (every quantity in parity.json's run.gate.moved)")
     lines += [f"fixed: {f['case']} [{f['cell']}]: {f['was']} -> pass" for f in gate.get("fixed", [])]
     if gate.get("values_compared") is not None:
         lines.append(f"values compared with the baseline's in {gate['values_compared']} cells")

@@ -3,10 +3,12 @@ compared with them (`--keras-baseline=DIR`): the value gate.
 
 Per case: the inputs (and targets, sample weights), the initial weights every cell loaded, and
 per cell its inference outputs and its training steps (each step's losses, metrics, gradients,
-optimizer variables and weights). A file of at most `KEPT_ELEMENTS` values is kept whole; a
-larger one as a summary (per array: shape, dtype, SHA-256 and mean, std, min, max), compared by
-digest and then by those statistics. Inputs and initial weights are kept whole up to
-`KEPT_START_ELEMENTS`, so that a later run starts every cell from the baseline's.
+optimizer variables and weights). An array of a cell's file is kept whole up to
+`KEPT_ARRAY_ELEMENTS` values, while the file stays within `KEPT_FILE_ELEMENTS`; the others as a
+summary (shape, dtype, SHA-256, and the mean, std, min and max of the finite values), compared
+by digest and then by those statistics. Inputs and initial weights are kept whole up to
+`KEPT_START_ELEMENTS`, so that a later run starts every cell from the baseline's; past it, the
+later run starts from its own and says so.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from harness import arrays, compare
 from harness.statuses import PASS
 
 FOLDER = "values"
-KEPT_ELEMENTS = 262_144  # 1 MiB of float32 per file of a cell
-KEPT_START_ELEMENTS = 4_194_304  # 16 MiB of float32 for a case's inputs or initial weights
+KEPT_ARRAY_ELEMENTS = 65_536  # an array of a cell's file kept whole: at most 256 KiB of float32
+KEPT_FILE_ELEMENTS = 1_048_576  # and at most 4 MiB of float32 per file; the rest as summaries
+KEPT_START_ELEMENTS = 4_194_304  # a case's inputs or initial weights: whole up to 16 MiB, or not at all
 START_FILES = ("inputs.npz", "targets.npz", "sample_weight.npz", "reference_weights.npz")
 CELL_FILES = {"outputs": "outputs.npz", "train": "train_steps.npz"}
+SUMMARY = ".summary.json"
 
 
 def case_folder(report_dir: str, case_id: str) -> str:
@@ -48,38 +52,34 @@ def prune(report_dir: str, case_ids: set[str]) -> None:
             os.rmdir(os.path.join(root, module))
 
 
-def elements(path: str) -> int:
-    with np.load(path, allow_pickle=False) as data:
-        return sum(data[name].size for name in data.files)
+def stats(value: np.ndarray) -> dict:
+    """An array too large to keep: shape, dtype, digest and statistics of its finite values."""
+    entry = {"shape": list(value.shape), "dtype": str(value.dtype),
+             "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}
+    if value.dtype.kind in "fiub" and value.size:
+        finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
+        if finite.size:
+            f64 = finite.astype(np.float64)
+            entry.update(mean=float(f64.mean()), std=float(f64.std()), min=float(f64.min()), max=float(f64.max()))
+        entry["nonfinite"] = int(value.size - finite.size)
+    return entry
 
 
-def summary(path: str) -> dict:
-    """Per array of an `.npz`: shape, dtype, digest and statistics."""
-    found = {}
-    with np.load(path, allow_pickle=False) as data:
-        for name in data.files:
-            value = data[name]
-            entry = {"shape": list(value.shape), "dtype": str(value.dtype),
-                     "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}
-            if value.dtype.kind in "fiub" and value.size:
-                finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
-                if finite.size:
-                    f64 = finite.astype(np.float64)
-                    entry.update(mean=float(f64.mean()), std=float(f64.std()), min=float(f64.min()),
-                                 max=float(f64.max()))
-                entry["nonfinite"] = int(value.size - finite.size)
-            found[name] = entry
-    return found
-
-
-def keep(path: str, folder: str, name: str, limit: int = KEPT_ELEMENTS) -> None:
-    """`path` into `folder` as `name`: whole within `limit` values, else as its summary."""
+def keep(path: str, folder: str, name: str, array_limit: int, file_limit: int) -> None:
+    """`path` into `folder` as `name`: each array whole while it fits both limits, the others
+    as their summaries beside it (`name.summary.json`)."""
     os.makedirs(folder, exist_ok=True)
-    if elements(path) <= limit:
-        shutil.copyfile(path, os.path.join(folder, name))
-    else:
-        with open(os.path.join(folder, name + ".summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary(path), f)
+    whole, summaries, used = {}, {}, 0
+    for key, value in arrays.read_npz(path).items():
+        if value.size <= array_limit and used + value.size <= file_limit:
+            whole[key] = value
+            used += value.size
+        else:
+            summaries[key] = stats(value)
+    np.savez(os.path.join(folder, name), **whole)
+    if summaries:
+        with open(os.path.join(folder, name + SUMMARY), "w", encoding="utf-8") as f:
+            json.dump(summaries, f)
 
 
 def keep_start(case_dir: str, folder: str) -> None:
@@ -88,20 +88,20 @@ def keep_start(case_dir: str, folder: str) -> None:
     for name in START_FILES:
         path = os.path.join(case_dir, name)
         if os.path.exists(path):
-            keep(path, folder, name, KEPT_START_ELEMENTS)
+            keep(path, folder, name, KEPT_START_ELEMENTS, KEPT_START_ELEMENTS)
 
 
 def keep_cell(folder: str, cell_id: str, files: dict[str, str]) -> None:
     """`files`: check -> the file of values it compared (outputs, train steps)."""
     for check, path in files.items():
         if path and os.path.exists(path):
-            keep(path, os.path.join(folder, cell_id), CELL_FILES[check])
+            keep(path, os.path.join(folder, cell_id), CELL_FILES[check], KEPT_ARRAY_ELEMENTS, KEPT_FILE_ELEMENTS)
 
 
 def start_file(folder: str, name: str) -> str | None:
     """A baseline's inputs or initial weights, where it kept them whole."""
     path = os.path.join(folder, name)
-    return path if os.path.exists(path) else None
+    return path if os.path.exists(path) and not os.path.exists(path + SUMMARY) else None
 
 
 # -- comparing with a baseline ---------------------------------------------------------------
@@ -112,74 +112,69 @@ def compare_cell(baseline_folder: str, cell_id: str, files: dict[str, str], rtol
     `files`: each backend's draws are compared by law across cells, not by value across runs."""
     found = {"compared": [], "moved": [], "not_compared": []}
     for check, path in files.items():
-        name = CELL_FILES[check]
-        whole = os.path.join(baseline_folder, cell_id, name)
-        digest = whole + ".summary.json"
+        kept = os.path.join(baseline_folder, cell_id, CELL_FILES[check])
         if not (path and os.path.exists(path)):
             continue
-        if os.path.exists(whole):
-            moved = compare_whole(check, whole, path, rtol, atol)
-        elif os.path.exists(digest):
-            with open(digest, encoding="utf-8") as f:
-                moved = compare_summaries(check, json.load(f), summary(path), rtol, atol)
-        else:
+        if not os.path.exists(kept):
             found["not_compared"].append(f"{check}: the baseline kept no values of it for this cell")
             continue
         found["compared"].append(check)
-        found["moved"] += moved
+        found["moved"] += compare_file(check, kept, path, rtol, atol)
     return found
 
 
-def compare_whole(check: str, baseline_path: str, path: str, rtol, atol) -> list[dict]:
+def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
+    """Each array the baseline kept: whole ones value by value, the others by digest, then by
+    their statistics (an array that moved beyond the tolerance almost always moves one of them)."""
+    before = arrays.read_npz(kept)
+    summaries = {}
+    if os.path.exists(kept + SUMMARY):
+        with open(kept + SUMMARY, encoding="utf-8") as f:
+            summaries = json.load(f)
+    now = arrays.read_npz(path)
+    structure = before.pop(arrays.STRUCTURE_KEY, None)
+    now.pop(arrays.STRUCTURE_KEY, None)
+    keys = list(before) + list(summaries)
     if check == "outputs":
-        skeleton, expected = arrays.load_leaves(baseline_path)
-        names = arrays.leaf_names(skeleton)
-        got = arrays.load_leaves(path)[1]
-        if len(expected) != len(got):
-            return [{"check": check, "quantity": "output", "message": f"{len(expected)} outputs then, {len(got)} now"}]
-        moved = []
-        for name, e, g in zip(names, expected, got):
-            verdict = compare.compare_arrays(name, e, g, str(e.dtype), rtol, atol, own_scale=True)
+        names = arrays.leaf_names(json.loads(structure.tobytes().decode())) if structure is not None else keys
+        where = {str(i): {"quantity": "output", "variable": name} for i, name in enumerate(names)}
+        order = sorted(keys, key=int)
+    else:
+        from harness.checks.train import step_keys
+
+        ordered = step_keys(dict.fromkeys(keys))
+        where = {key: {"step": step, "quantity": quantity, "variable": name} for step, quantity, name, key in ordered}
+        order = [key for *_, key in ordered]
+    moved = []
+    for key in order:
+        label = {"check": check, **where.get(key, {"quantity": key})}
+        if key not in now:
+            if label.get("quantity") != "gradient":  # a jit cell leaves gradients to its nojit sibling
+                moved.append({**label, "message": "recorded in the baseline, not now"})
+            continue
+        if key in before:
+            expected = before[key]
+            verdict = compare.compare_arrays(label.get("variable", key), expected, now[key], str(expected.dtype), rtol,
+                                             atol, own_scale=label.get("quantity") in ("output", "loss", "metric"))
             if verdict["status"] != PASS:
-                moved.append(figures({"check": check, "quantity": "output", "variable": name}, verdict))
-        return moved
-    from harness.checks.train import step_keys
-
-    expected, got = arrays.load_weights(baseline_path), arrays.load_weights(path)
-    moved = []
-    for step, quantity, name, key in step_keys(expected):
-        if key not in got:
-            if quantity != "gradient":
-                moved.append({"check": check, "step": step, "quantity": quantity, "variable": name,
-                              "message": "recorded in the baseline, not now"})
-            continue
-        verdict = compare.compare_arrays(name, expected[key], got[key], str(expected[key].dtype), rtol, atol,
-                                         own_scale=quantity in ("loss", "metric"))
-        if verdict["status"] != PASS:
-            moved.append(figures({"check": check, "step": step, "quantity": quantity, "variable": name}, verdict))
+                moved.append({**label, **{k: verdict[k] for k in ("max_abs_err", "max_rel_err", "message") if k in verdict}})
+        else:
+            off = compare_stats(summaries[key], stats(now[key]), rtol, atol)
+            if off:
+                moved.append({**label, **off})
     return moved
 
 
-def figures(where: dict, verdict: dict) -> dict:
-    return {**where, **{k: verdict[k] for k in ("max_abs_err", "max_rel_err", "message") if k in verdict}}
-
-
-def compare_summaries(check: str, before: dict, now: dict, rtol, atol) -> list[dict]:
-    """Arrays too large to keep: equal digests agree; else each statistic within the tolerance
-    (an array that moved beyond it moves its statistics too, most of the time: said so)."""
-    moved = []
-    for name, old in before.items():
-        new = now.get(name)
-        if new is None or new["shape"] != old["shape"]:
-            moved.append({"check": check, "quantity": name, "message": f"shape {old['shape']} then, "
-                          f"{new['shape'] if new else 'absent'} now"})
-            continue
-        if new["sha256"] == old["sha256"]:
-            continue
-        off = {stat: (old[stat], new[stat]) for stat in ("mean", "std", "min", "max", "nonfinite")
-               if stat in old and abs(old[stat] - new.get(stat, np.nan)) > atol + rtol * abs(old[stat])}
-        if off:
-            moved.append({"check": check, "quantity": name, "compared": "summary statistics (kept as a digest)",
-                          "max_abs_err": max(abs(a - b) for a, b in off.values()),
-                          "message": ", ".join(f"{stat} {a:.6g} -> {b:.6g}" for stat, (a, b) in off.items())})
-    return moved
+def compare_stats(old: dict, new: dict, rtol, atol) -> dict | None:
+    if new["shape"] != old["shape"]:
+        return {"message": f"shape {old['shape']} then, {new['shape']} now"}
+    if new["sha256"] == old["sha256"]:
+        return None
+    r, a = compare.tolerance(old["dtype"], rtol, atol)
+    off = {stat: (old[stat], new.get(stat, np.nan)) for stat in ("mean", "std", "min", "max", "nonfinite")
+           if stat in old and not abs(old[stat] - new.get(stat, np.nan)) <= a + r * abs(old[stat])}
+    if not off:
+        return None
+    return {"compared": "by summary statistics (the array was too large to keep whole)",
+            "max_abs_err": max(abs(x - y) for x, y in off.values()),
+            "message": ", ".join(f"{stat} {x:.6g} -> {y:.6g}" for stat, (x, y) in off.items())}
