@@ -73,7 +73,7 @@ class Cell:
 def validate_pattern(pattern: str, where: str) -> None:
     """A cell pattern is a glob over cell ids; it must be able to match at least one cell."""
     base, at, env = pattern.partition("@")
-    parts = base.split("-")
+    parts = ["*"] * 3 if base == "*" else base.split("-")  # '*@rc': every cell of an environment
     choices = (BACKENDS, DEVICES, JIT_MODES)
     if len(parts) != 3 or not all(
         any(fnmatch.fnmatchcase(c, p) for c in opts) for p, opts in zip(parts, choices)

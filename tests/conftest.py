@@ -41,7 +41,7 @@ class ParityRun:
         tree = ET.parse(self.path / "junit.xml")
         result = {}
         for case in tree.iter("testcase"):
-            name = case.get("name").split("@")[0]
+            name = case.get("name")
             child = {c.tag: c for c in case}
             if "failure" in child or "error" in child:
                 result[name] = "failed"
@@ -59,11 +59,13 @@ def write_module(path: Path, name: str, source: str) -> Path:
     return target
 
 
-def run_pytest(path: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None) -> ParityRun:
-    """pytest in `path`, with this environment less pytest's and keras' own variables, plus `env`."""
+def run_pytest(path: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None,
+               python: str = sys.executable) -> ParityRun:
+    """pytest in `path` under `python`, with this environment less pytest's and keras' own
+    variables, plus `env`."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KERAS_"))}, **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:randomly", f"--junitxml={path / 'junit.xml'}",
+        [python, "-m", "pytest", "-p", "no:randomly", f"--junitxml={path / 'junit.xml'}",
          "-o", "junit_family=xunit2", *args],
         cwd=path, env=env, capture_output=True, text=True, timeout=timeout,
     )

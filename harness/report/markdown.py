@@ -18,7 +18,8 @@ def render(report: dict) -> str:
     cells = report["cells"]
     run = report.get("run", {})
     lines = ["# keras-parity report", ""]
-    lines += [f"**{escape(line)}**" for line in tables.environment_lines(run)]
+    # '>' alone opens no tag: the arrows stay as the terminal prints them.
+    lines += [f"**{escape(line).replace('-&gt;', '->')}**" for line in tables.environment_lines(run)]
     if run.get("versions"):
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
     for line in tables.machines(run):

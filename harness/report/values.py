@@ -141,7 +141,12 @@ def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
         order = sorted(keys, key=int)
     else:
         from harness.checks.train import step_keys
+        from harness.checks.version import paired_renames
 
+        # A release that names the optimizer's variables otherwise: matched by order and shape.
+        shapes = {**{k: v for k, v in before.items()},
+                  **{k: np.broadcast_to(0, summary["shape"]) for k, summary in summaries.items()}}
+        now = {**now, **{old: now[new] for old, new in paired_renames(shapes, now).items()}}
         ordered = step_keys(dict.fromkeys(keys))
         where = {key: {"step": step, "quantity": quantity, "variable": name} for step, quantity, name, key in ordered}
         order = [key for *_, key in ordered]
