@@ -45,8 +45,10 @@ def tabular_batchnorm():
 
 
 def cancelling(rng):
+    """Pairs that cancel, shuffled: no kernel's blocking (16 AVX-512 lanes, 8 AVX2 ones) pairs them."""
     big = rng.normal(size=(4, 2048)) * 1000
-    return np.concatenate([big, -big + rng.normal(size=(4, 2048)) * 1e-3], axis=1).astype("float32")
+    values = np.concatenate([big, -big + rng.normal(size=(4, 2048)) * 1e-3], axis=1)
+    return values[:, rng.permutation(values.shape[1])].astype("float32")
 
 
 @harness.parity_case(inputs=cancelling, checks=["build", "outputs"])
@@ -117,10 +119,17 @@ def reproduce(folder: str, backend: str) -> dict:
 
 
 def test_round_off_beyond_the_tolerance_passes_with_its_float64_figures(run):
+    beyond = []
     for cell in ("jax-cpu-nojit", "torch-cpu-nojit"):
         record = run.cell("long_dot_product", cell)
         outputs = record["checks"]["outputs"]
-        assert record["status"] == "pass" and outputs["max_abs_err"] > 1e-3, outputs  # beyond atol=1e-5
+        assert record["status"] == "pass", outputs
+        if outputs["max_abs_err"] <= 1e-5:
+            # The same kernel as TensorFlow's on this CPU (torch's and TensorFlow's oneDNN on
+            # AVX-512 sum in one order): within atol, nothing to arbitrate.
+            assert "float64" not in outputs, outputs
+            continue
+        beyond.append(cell)
         account = outputs["float64"]
         assert account["verdict"] == "round-off" and account["truth"] == "tensorflow", account
         assert account["held"] == {"tensorflow": True}, account  # no cell diverged: no other backend ran float64
@@ -128,6 +137,7 @@ def test_round_off_beyond_the_tolerance_passes_with_its_float64_figures(run):
         assert judged["why"] == "within_band" and judged["error"] <= judged["band"], judged
         assert judged["band"] >= 3 * judged["reference_error"], judged  # 3x the widest round-off sample
         assert any("within float32 round-off" in note for note in record["notes"]), record["notes"]
+    assert "jax-cpu-nojit" in beyond, beyond  # XLA's dot emitter sums in its own order on every CPU
     markdown = (run.path / "reports" / "parity.md").read_text()
     assert "## Judged against float64" in markdown and "| `test_arbiter_cases.py::long_dot_product` | jax-cpu-nojit " \
                                                          "| outputs | round-off | tensorflow |" in markdown

@@ -67,7 +67,9 @@ def test_round_off_that_training_amplifies_is_not_a_mismatch(run, case):
         train = record["checks"]["train"]
         if cell.startswith("torch") and record["status"] == "mismatch":  # the one-pass variance, where it shows
             first = train["first_divergence"]
-            assert first["outlier"] == "torch" and first["float64"]["why"] == "numerical", first
+            # numerical; or, on a CPU where TensorFlow's oneDNN kernels run (AVX-512 VNNI, AMX), the
+            # reference's raw-pixel statistics leave float32's range first and float64 cannot arbitrate
+            assert first["outlier"] == "torch" and first["float64"]["why"] in ("numerical", "float32_range"), first
             continue
         assert record["status"] == "pass", train.get("message")
         account = train["float64"]

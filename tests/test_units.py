@@ -19,10 +19,33 @@ from harness.statuses import worst
 def test_cells_parse_and_print():
     cell = Cell.parse("torch-gpu-jit")
     assert (cell.backend, cell.device, cell.jit, cell.id) == ("torch", "gpu", True, "torch-gpu-jit")
-    assert cell.worker_key == ("torch", "gpu")
+    assert cell.worker_key == ("torch", "gpu", "")
+    other = Cell.parse("torch-gpu-jit@rc")
+    assert (other.env, other.id, other.base_id, other.worker_key) == ("rc", "torch-gpu-jit@rc", "torch-gpu-jit",
+                                                                     ("torch", "gpu", "rc"))
+    assert other.nojit == Cell("torch", "gpu", False, "rc")
     for bad in ("torch-gpu", "mxnet-cpu-jit", "torch-tpu-jit", "torch-cpu-yes"):
         with pytest.raises(UsageError, match="is not a cell"):
             Cell.parse(bad)
+
+
+def test_a_pattern_with_an_environment_matches_only_its_cells_and_one_without_matches_every_environment():
+    from harness.cells import matches
+
+    assert matches("torch-cpu-jit@rc", "torch-*-*") and matches("torch-cpu-jit", "torch-*-*")
+    assert matches("torch-cpu-jit@rc", "*@rc") and not matches("torch-cpu-jit", "*@rc")
+    assert not matches("torch-cpu-jit@old", "*@rc") and not matches("jax-cpu-jit@rc", "torch-*-*@rc")
+
+
+def test_environments_are_named_interpreters(tmp_path):
+    from harness.cells import parse_envs
+
+    assert parse_envs([f"rc={sys.executable}"], str(tmp_path)) == {"rc": sys.executable}
+    for bad, message in ((["rc"], "write NAME=PYTHON"), (["r-c=python"], "write NAME=PYTHON"),
+                         (["rc=missing/bin/python"], "make env ENV=rc"),
+                         ([f"rc={sys.executable}", f"rc={sys.executable}"], "named twice")):
+        with pytest.raises(UsageError, match=message):
+            parse_envs(bad, str(tmp_path))
 
 
 def test_xdist_hands_out_whole_cases():
@@ -71,7 +94,9 @@ def test_plan_refuses_bad_values(args, message, monkeypatch):
 
 def test_patterns_must_be_able_to_match_a_cell():
     validate_pattern("torch-*-jit", "x")
-    for bad in ("*", "torch-jit", "torch-*-on", "keras-*-*"):
+    validate_pattern("*@rc", "x")  # every cell of one environment
+    validate_pattern("torch-*-*@rc", "x")
+    for bad in ("torch-jit", "torch-*-on", "keras-*-*", "torch-*-*@"):
         with pytest.raises(UsageError, match="matches no cell"):
             validate_pattern(bad, "xfail pattern")
 

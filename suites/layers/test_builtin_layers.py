@@ -89,6 +89,40 @@ def spectral_normalization(layers):
     return layers.SpectralNormalization(layers.Dense(4))
 
 
+def padded_tokens(rng):
+    """Token ids with trailing padding (0) of different lengths per row, one row unpadded."""
+    ids = rng.integers(1, 20, size=(3, 7)).astype("int32")
+    for row, length in enumerate((7, 4, 2)):
+        ids[row, length:] = 0
+    return ids
+
+
+def masked(body):
+    """A model from padded token ids through Embedding(mask_zero=True) into `body(layers, x)`:
+    the mask the embedding produces is what the layers under test consume and pass on."""
+    def build(layers):
+        import keras
+
+        tokens = keras.Input((7,), dtype="int32")
+        return keras.Model(tokens, body(layers, layers.Embedding(20, 4, mask_zero=True)(tokens)))
+    return build
+
+
+def masked_floats(rng):
+    values = rng.normal(size=(3, 6, 4)).astype("float32")
+    values[1, 3:] = 0.0  # whole timesteps of mask_value: masked
+    values[2, 1:] = 0.0
+    return values
+
+
+def masking_then_lstm(layers):
+    import keras
+
+    steps = keras.Input((6, 4))
+    return keras.Model(steps, layers.LSTM(3, return_sequences=True)(layers.Masking(mask_value=0.0)(steps)))
+
+
+MASKED = ("build", "outputs", "train")
 FAMILIES = {
     "core": [
         Entry("Dense_default", "Dense", {"units": 4}, spec((3, 5)), TRAIN),
@@ -228,6 +262,34 @@ FAMILIES = {
                                               "(TensorFlow and torch pass)")}),
         Entry("GroupQueryAttention_self", "GroupQueryAttention", {}, spec((2, 6, 8)), TRAIN,
               build=self_attention("GroupQueryAttention", head_dim=4, num_query_heads=4, num_key_value_heads=2)),
+    ],
+    # Mask propagation: each layer that consumes or produces a mask, fed by one (padded tokens through
+    # Embedding(mask_zero=True), or Masking), and the mask carried on to a layer that consumes it.
+    "masking": [
+        Entry("Masking_then_LSTM", "Masking", {}, masked_floats, MASKED, build=masking_then_lstm),
+        Entry("LSTM_masked_sequences", "LSTM", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.LSTM(3, return_sequences=True)(x))),
+        Entry("GRU_masked_last", "GRU", {}, padded_tokens, MASKED, build=masked(lambda layers, x: layers.GRU(3)(x))),
+        Entry("SimpleRNN_masked_backwards", "SimpleRNN", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.SimpleRNN(3, go_backwards=True)(x))),
+        Entry("Bidirectional_masked", "Bidirectional", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.Bidirectional(layers.LSTM(3, return_sequences=True))(x))),
+        Entry("TimeDistributed_masked_then_GRU", "TimeDistributed", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.GRU(3)(layers.TimeDistributed(layers.Dense(3))(x)))),
+        Entry("MultiHeadAttention_masked", "MultiHeadAttention", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.MultiHeadAttention(2, 2)(x, x))),
+        Entry("Attention_masked", "Attention", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.Attention()([x, x]))),
+        Entry("AdditiveAttention_masked", "AdditiveAttention", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.AdditiveAttention()([x, x]))),
+        Entry("GlobalAveragePooling1D_masked", "GlobalAveragePooling1D", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.GlobalAveragePooling1D()(x))),
+        Entry("GlobalMaxPooling1D_masked", "GlobalMaxPooling1D", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.GlobalMaxPooling1D()(x))),
+        Entry("Add_masked_then_pooled", "Add", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.GlobalAveragePooling1D()(layers.Add()([x, layers.Dense(4)(x)])))),
+        Entry("Concatenate_masked_then_LSTM", "Concatenate", {}, padded_tokens, MASKED,
+              build=masked(lambda layers, x: layers.LSTM(3)(layers.Concatenate()([x, layers.Dense(2)(x)])))),
     ],
     "merging": [
         Entry("Add_default", "Add", {}, [spec((3, 4)), spec((3, 4))]),
@@ -374,7 +436,7 @@ def layer_case(name: str, entries: list[Entry], jit: bool, skip: dict | None = N
 #: break inside every Keras layer call). Their torch jit cell is skipped; one layer of each is
 #: compiled in `layers_torch_compile_sample`. KERAS_PARITY_FULL=1 compiles them all.
 TORCH_COMPILE_SECONDS = {"pooling": 109, "recurrent": 168, "attention": 164, "reshaping": 98,
-                         "preprocessing": 106}
+                         "preprocessing": 106, "masking": 57}
 TORCH_COMPILE_SAMPLE = ("MaxPooling2D_default", "LSTM_default", "Attention_default",
                         "UpSampling2D_nearest", "Resizing_bilinear")
 
@@ -382,10 +444,11 @@ TORCH_COMPILE_SAMPLE = ("MaxPooling2D_default", "LSTM_default", "Attention_defau
 def torch_budget_skip(family: str) -> dict | None:
     if family not in TORCH_COMPILE_SECONDS:
         return None
-    sampled = next(e.name for e in FAMILIES[family] if e.name in TORCH_COMPILE_SAMPLE)
+    sampled = next((e.name for e in FAMILIES[family] if e.name in TORCH_COMPILE_SAMPLE), None)
+    sample = (f"layers_torch_compile_sample compiles {sampled}" if sampled else
+              "no layer of it runs under torch.compile by default")
     return {"torch-*-jit": f"budget: torch.compile of this family takes {TORCH_COMPILE_SECONDS[family]} s on "
-                           f"a 2-core CPU; layers_torch_compile_sample compiles {sampled} "
-                           f"(KERAS_PARITY_FULL=1 compiles every class)"}
+                           f"a 2-core CPU; {sample} (KERAS_PARITY_FULL=1 compiles every class)"}
 
 
 def family_cases(family: str, entries: list[Entry]) -> dict:
