@@ -14,7 +14,7 @@ from harness import classify
 from harness.report import tables as report_tables
 from harness.case import Case
 from harness.cells import Cell, CellPlan
-from harness.pool import WorkerPool
+from harness.workers.pool import WorkerPool
 from harness.replies import NOT_RUN, CaseReplies, fallback_order
 from harness.statuses import FAILING_STATUSES, PASS, SKIP, XFAIL, is_failure, worst
 

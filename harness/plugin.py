@@ -18,7 +18,8 @@ import pytest
 
 from harness.case import ALL_CHECKS, Case
 from harness.cells import Cell, CellPlan, UsageError, parse_envs, parse_subset, plan_cells
-from harness import compile_cache, machine
+from harness import machine
+from harness.workers import compile_cache
 from harness.report import gate as gate_rules
 from harness.report import tables as report_tables
 from harness.report import ReportError, ReportWriter, read_report, values

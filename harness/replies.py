@@ -9,7 +9,7 @@ import os
 
 from harness import arrays, compare
 from harness.cells import Cell, CellPlan
-from harness.pool import Outcome
+from harness.workers.pool import Outcome
 from harness.statuses import MISMATCH, PASS, SKIP
 
 NOT_RUN = {"status": SKIP, "reason": "not run"}

@@ -30,7 +30,7 @@ from harness.cells import Cell, CellPlan, installed_backends
 from harness.checks import version
 from harness.judge import Judge
 from harness.replies import CaseReplies, fallback_order
-from harness.pool import Job, Outcome, WorkerPool
+from harness.workers.pool import Job, Outcome, WorkerPool
 from harness.statuses import PASS, TIMEOUT
 
 #: Checks that depend on the file, not on jit: they run once per (backend, device).

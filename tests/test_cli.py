@@ -168,7 +168,7 @@ def quick():  # one op: well inside the timeout even on a loaded machine
 
 
 def worker_pids(parent_pid: int) -> list[int]:
-    """Live `harness.worker` processes started by `parent_pid` (their command line says so)."""
+    """Live `harness.workers` processes started by `parent_pid` (their command line says so)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -180,7 +180,7 @@ def worker_pids(parent_pid: int) -> list[int]:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"harness.worker" in argv and str(parent_pid).encode() in argv and state != "Z":
+        if b"harness.workers" in argv and str(parent_pid).encode() in argv and state != "Z":
             pids.append(int(entry))
     return pids
 

@@ -107,7 +107,7 @@ class Evidence:
         return self.reference.split("-", 1)[0]
 
     def add(self, outcomes: dict) -> None:
-        """The `arbitrate` jobs' outcomes (`harness.pool.Outcome`), by the cell each ran as; what
+        """The `arbitrate` jobs' outcomes (`harness.workers.pool.Outcome`), by the cell each ran as; what
         was judged before is judged again with them."""
         self.judged.clear()
         self.__dict__.pop("values", None)

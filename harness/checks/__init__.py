@@ -1,6 +1,6 @@
 """The checks of the contract, one module each.
 
-Each module holds what a worker runs for its check (`run`, called by `harness.runner.CellRun`
+Each module holds what a worker runs for its check (`run`, called by `harness.workers.runner.CellRun`
 with the cell's context) and how the pytest process judges the result against the other cells
 (`judge`, called by `harness.judge.Judge` for each cell's record), so a check's record, its
 failures and its hints live together, and a new check is one new module. The modules stand on

@@ -13,7 +13,8 @@ import os
 import resource
 import time
 
-from harness import arrays, classify, compile_cache, library_warnings, memory
+from harness import arrays, classify
+from harness.workers import compile_cache, library_warnings, memory
 from harness.calls import (assign_by_key, backend_jit, build_object, call_function, describe_dynamo, kind_of,
                            load_case, make_object, results_of, to_numpy_tree, torch_compiler_watch, wrap_layer)
 from harness.cells import Cell

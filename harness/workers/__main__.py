@@ -1,4 +1,4 @@
-"""`python -m harness.worker`: a long-lived process that serves cells of one (backend, device).
+"""`python -m harness.workers`: a long-lived process that serves cells of one (backend, device).
 
 The pool sets the environment (KERAS_BACKEND, visible devices, determinism flags) before this
 process starts, so keras and the backend are imported once, configured, and then serve many
@@ -17,7 +17,8 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
-from harness import compile_cache, machine
+from harness import machine
+from harness.workers import compile_cache
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -97,7 +98,7 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
     from harness.localize import run as localize
     from harness.checks.export import reload_exports
     from harness.checks.save import load_saved_models
-    from harness.runner import CellRun
+    from harness.workers.runner import CellRun
 
     while True:
         try:
@@ -122,7 +123,7 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser = argparse.ArgumentParser(prog="python -m harness.workers")
     parser.add_argument("--backend", required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--read-fd", type=int, required=True)

@@ -1,6 +1,6 @@
 """The pool of worker processes, one per (backend, device, environment), owned by the pytest process.
 
-Each worker is `python -m harness.worker` (under the environment's interpreter, for a
+Each worker is `python -m harness.workers` (under the environment's interpreter, for a
 `--keras-env` one) in a session of its own (so a kill reaches the
 compiler subprocesses it may have started), with its environment set before keras is
 imported. The pool queues jobs per worker, sends each worker one job at a time, and watches
@@ -22,7 +22,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
-from harness import compile_cache
+from harness.workers import compile_cache
 
 START_TIMEOUT_S = 300.0  # importing a backend takes seconds; a loaded CI machine, longer
 LOG_TAIL_BYTES = 65536
@@ -32,7 +32,7 @@ LOG_LINE_CHARS = 300  # faulthandler's list of extension modules is one very lon
 
 #: The folder holding the `harness` package: another environment's worker imports this copy of
 #: it, so both sides speak the same protocol whatever that environment has installed.
-HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def worker_environment(backend: str, device: str, compile_cache_dir: str | None = None,
@@ -101,7 +101,7 @@ class WorkerProcess:
         rep_r, rep_w = os.pipe()
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-m", "harness.worker", "--backend", backend, "--device", device,
+            [python or sys.executable, "-m", "harness.workers", "--backend", backend, "--device", device,
              "--read-fd", str(req_r), "--write-fd", str(rep_w), "--parent-pid", str(os.getpid())],
             # Compiled kernels of one release are not another's: each environment caches its own.
             env=worker_environment(backend, device, compile_cache_dir and env and os.path.join(
