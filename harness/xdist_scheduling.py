@@ -18,7 +18,8 @@ class CaseScheduling(LoadScopeScheduling):
     """`--dist load`, `worksteal` or `loadgroup` for a parity run: the unit of work is a case."""
 
     def _split_scope(self, nodeid: str) -> str:
-        if "@" in nodeid:  # --dist loadgroup: the item's xdist_group mark names its unit
+        _, bracket, tail = nodeid.rpartition("]")
+        if "@" in (tail if bracket else nodeid):  # --dist loadgroup: `...]@group` (a cell's own `@env` is inside)
             return nodeid.rsplit("@", 1)[-1]
         case, _, inner = nodeid.rpartition("[")
         cell = "-".join(inner.removesuffix("]").split("-")[-3:])  # `[cell]` or `[param-cell]`

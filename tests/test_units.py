@@ -54,6 +54,9 @@ def test_xdist_hands_out_whole_cases():
     scope = CaseScheduling.__new__(CaseScheduling)._split_scope  # no xdist session needed
     assert scope("suites/ops/test_ops.py::add[torch-cpu-jit]") == "suites/ops/test_ops.py::add"
     assert scope("suites/ops/test_ops.py::add[jax-gpu-nojit]") == "suites/ops/test_ops.py::add"
+    # another environment's cells go with the case's others (each xdist worker runs whole cases)
+    assert scope("suites/ops/test_ops.py::add[jax-cpu-nojit@rc]") == "suites/ops/test_ops.py::add"
+    assert scope("suites/examples/test_zoo.py::zoo[vit-small-jax-cpu-jit@rc]") == "suites/examples/test_zoo.py::zoo[vit-small]"
     # other tests keep `load`'s item-by-item units, and their xdist_group under loadgroup
     assert scope("tests/test_x.py::test_y[3]") == "tests/test_x.py::test_y[3]"
     assert scope("tests/test_x.py::test_y[torch-cpu-jit]@slow") == "slow"
