@@ -50,8 +50,9 @@ class Judge:
             "failure": None, "timings": {}, "notes": [], "versions": self.pool.versions(cell.worker_key),
             "kernels": self.pool.kernels(cell.worker_key),
             "covers": list(self.case.covers),
-            # What the environment has installed, once per case (the run's `environments`).
-            **({"packages": self.pool.packages(cell.worker_key)} if cell == self.plan.reference else {}),
+            # What another environment has installed, once per case (the run's `environments`;
+            # the main one's is the pytest process's own).
+            **({"packages": self.pool.packages(cell.worker_key)} if cell.env and cell == self.plan.reference else {}),
         }
 
     def skip_record(self, cell: Cell, reason: str) -> dict:

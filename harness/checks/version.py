@@ -16,8 +16,8 @@ import numpy as np
 
 from harness import arrays, compare
 from harness.checks.outputs import compare_random_outputs
-from harness.checks.train import step_keys
 from harness.replies import load
+from harness.report import values
 from harness.statuses import MISMATCH, PASS, SKIP
 
 NAME = "version"
@@ -101,46 +101,12 @@ def compare_training(main: dict, mine: dict, rtol, atol, notes: list) -> list[di
     """Every step's quantities, in the order a step computes them: each one that moved."""
     if main.get("randomness", {}).get("own_draws") or mine.get("randomness", {}).get("own_draws"):
         return None
-    expected, got = arrays.load_weights(main["file"]), arrays.load_weights(mine["file"])
-    renamed = paired_renames(expected, got)
+    renamed = values.paired_renames(arrays.load_weights(main["file"]), arrays.load_weights(mine["file"]))
     if renamed:
         shown = sorted({f"{a.split('/', 2)[2]} -> {b.split('/', 2)[2]}" for a, b in renamed.items()})
         notes.append(f"variables are named otherwise in this environment, matched by order and shape: "
                      f"{', '.join(shown[:6])}{' ...' if len(shown) > 6 else ''}")
-        got = {**got, **{a: got[b] for a, b in renamed.items()}}
-    moved = []
-    for step, quantity, name, key in step_keys(expected):
-        if key not in got:
-            if quantity != "gradient":  # a jit cell leaves gradients to its nojit sibling
-                moved.append({"check": "train", "step": step, "quantity": quantity, "variable": name,
-                              "message": "recorded in the main environment, not in this one"})
-            continue
-        verdict = compare.compare_arrays(name, expected[key], got[key], str(expected[key].dtype), rtol, atol,
-                                         own_scale=quantity in ("loss", "metric"))
-        if verdict["status"] != PASS:
-            moved.append({"check": "train", "step": step, "quantity": quantity, "variable": name,
-                          **{k: verdict[k] for k in ("max_abs_err", "max_rel_err", "message") if k in verdict}})
-    return moved
-
-
-def paired_renames(expected: dict, got: dict) -> dict[str, str]:
-    """Keys of one step and quantity that only one environment has, paired in order where both
-    have as many of the same shapes (a release that names an optimizer's variables otherwise)."""
-    def unmatched(steps, others):
-        groups: dict[tuple, list[str]] = {}
-        for key in steps:
-            if key not in others:
-                step, quantity, _ = key.split("/", 2)
-                groups.setdefault((step, quantity), []).append(key)
-        return groups
-
-    mine, theirs = unmatched(expected, got), unmatched(got, expected)
-    pairs = {}
-    for group, keys in mine.items():
-        others = theirs.get(group, [])
-        if len(keys) == len(others) and all(expected[a].shape == got[b].shape for a, b in zip(keys, others)):
-            pairs.update(zip(keys, others))
-    return pairs
+    return values.compare_file("train", main["file"], mine["file"], rtol, atol)
 
 
 def describe_moved(moved: list[dict], main_id: str) -> str:

@@ -124,7 +124,8 @@ def compare_cell(baseline_folder: str, cell_id: str, files: dict[str, str], rtol
 
 
 def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
-    """Each array the baseline kept: whole ones value by value, the others by digest, then by
+    """What moved from `kept` (a baseline's file, or the main environment's for `version`) to
+    `path`, in the order a step computes it. Each array kept: whole ones value by value, the others by digest, then by
     their statistics (an array that moved beyond the tolerance almost always moves one of them)."""
     before = arrays.read_npz(kept)
     summaries = {}
@@ -141,7 +142,6 @@ def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
         order = sorted(keys, key=int)
     else:
         from harness.checks.train import step_keys
-        from harness.checks.version import paired_renames
 
         # A release that names the optimizer's variables otherwise: matched by order and shape.
         shapes = {**{k: v for k, v in before.items()},
@@ -155,7 +155,7 @@ def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
         label = {"check": check, **where.get(key, {"quantity": key})}
         if key not in now:
             if label.get("quantity") != "gradient":  # a jit cell leaves gradients to its nojit sibling
-                moved.append({**label, "message": "recorded in the baseline, not now"})
+                moved.append({**label, "message": "recorded in the cell compared with, not in this one"})
             continue
         if key in before:
             expected = before[key]
@@ -168,6 +168,26 @@ def compare_file(check: str, kept: str, path: str, rtol, atol) -> list[dict]:
             if off:
                 moved.append({**label, **off})
     return moved
+
+
+def paired_renames(expected: dict, got: dict) -> dict[str, str]:
+    """Keys of one step and quantity that only one side has, paired in order where both
+    have as many of the same shapes (a release that names an optimizer's variables otherwise)."""
+    def unmatched(steps, others):
+        groups: dict[tuple, list[str]] = {}
+        for key in steps:
+            if key not in others:
+                step, quantity, _ = key.split("/", 2)
+                groups.setdefault((step, quantity), []).append(key)
+        return groups
+
+    mine, theirs = unmatched(expected, got), unmatched(got, expected)
+    pairs = {}
+    for group, keys in mine.items():
+        others = theirs.get(group, [])
+        if len(keys) == len(others) and all(expected[a].shape == got[b].shape for a, b in zip(keys, others)):
+            pairs.update(zip(keys, others))
+    return pairs
 
 
 def compare_stats(old: dict, new: dict, rtol, atol) -> dict | None:
