@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # CONSTRAINTS=ci/constraints-gpu.txt EXTRAS=gpu,onnx,test PARITY_ARGS=--keras-devices=gpu
 # (see ci/workflows/parity.yml).
 CONSTRAINTS ?= ci/constraints.txt
+# Keras 2 (tf-keras), installed without its `tensorflow` requirement (see the file).
+KERAS2_PIN := ci/keras2.txt
 EXTRAS ?= all,onnx,test
 PARITY_ARGS ?=
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
@@ -33,13 +35,14 @@ bench: $(VENV)
 
 # The set-up alone: a virtual environment holding exactly the lock's versions (checked at the
 # end), with the plugin installed editable. Re-run when pyproject.toml or the lock change.
-$(VENV): pyproject.toml $(CONSTRAINTS)
+$(VENV): pyproject.toml $(CONSTRAINTS) $(KERAS2_PIN)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) pip setuptools
 	$(PIP_INSTALL) --no-build-isolation -e '.[$(EXTRAS)]' || { \
 		echo "make: retrying with PyTorch's index for the locked torch build ($(TORCH_INDEX))"; \
 		$(PIP_INSTALL) --no-build-isolation --extra-index-url $(TORCH_INDEX) -e '.[$(EXTRAS)]'; }
-	$(PY) ci/check_lock.py $(CONSTRAINTS)
+	$(PIP_INSTALL) --no-deps -r $(KERAS2_PIN)
+	$(PY) ci/check_lock.py $(CONSTRAINTS) $(KERAS2_PIN)
 	touch $(VENV)
 
 # A second environment for --keras-env: .venv-$(ENV), the lock with PACKAGES in place of what they

@@ -1,9 +1,10 @@
-"""`python ci/check_lock.py LOCK`: does this environment hold exactly the lock's versions?
+"""`python ci/check_lock.py LOCK [PINS...]`: does this environment hold exactly the lock's versions?
 
 `make .venv` runs it last. It compares every installed distribution (but the editable
 keras-parity itself) with the `name==version` pins of a lock `make lock` wrote, and exits 1
 naming each difference: a package at another version, installed but not locked (the lock is
-older than pyproject.toml), or locked but not installed. With `--allow-extra` (`make env`, whose other release may need a
+older than pyproject.toml), or locked but not installed. Further files of pins (ci/keras2.txt: a package installed without its
+dependencies) count as part of the lock. With `--allow-extra` (`make env`, whose other release may need a
 package the lock lacks) a package installed but not locked is listed, not an error.
 """
 
@@ -47,11 +48,12 @@ def differences(locked: dict[str, str], installed: dict[str, str]) -> list[str]:
 def main(argv: list[str]) -> int:
     allow_extra = "--allow-extra" in argv  # `make env`: a package the other release needs is said, not an error
     argv = [a for a in argv if a != "--allow-extra"]
-    if len(argv) != 1:
-        print("usage: python ci/check_lock.py [--allow-extra] LOCK", file=sys.stderr)
+    if not argv:
+        print("usage: python ci/check_lock.py [--allow-extra] LOCK [PINS...]", file=sys.stderr)
         return 2
     installed = {name: version for name, version in packages().items() if name != "keras-parity"}
-    found = differences(read_lock(argv[0]), installed)
+    locked = {name: version for path in argv for name, version in read_lock(path).items()}
+    found = differences(locked, installed)
     extra = [line for line in found if line.endswith("installed but not locked")] if allow_extra else []
     found = [line for line in found if line not in extra]
     for line in extra:

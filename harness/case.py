@@ -19,7 +19,9 @@ from harness.cells import UsageError, matches, validate_pattern
 from harness.statuses import FAILING_STATUSES, PASS, is_failure
 
 #: Every check of the contract, in the order a cell runs them.
-ALL_CHECKS = ("build", "outputs", "train", "rng", "save", "export", "timing", "version")
+ALL_CHECKS = ("build", "outputs", "train", "legacy_load", "rng", "save", "export", "timing", "version")
+#: Checks only a case with Keras 2 code (`keras2=`) runs.
+KERAS2_CHECKS = ("legacy_load",)
 #: Checks the pytest process makes over other cells' results: a worker does not run them, and a
 #: case's `checks=` does not turn them off (`version` runs in --keras-env cells whenever the run has them).
 RUN_LEVEL_CHECKS = ("version",)
@@ -157,6 +159,8 @@ class Case:
     params: tuple[tuple[str, dict], ...] = ()  # (id, keyword arguments): one case per entry
     param_xfail: tuple[tuple[str, tuple[XfailRule, ...]], ...] = ()  # (id, the entry's own declarations)
     param: str | None = None  # the entry this case is bound to (see `bind`)
+    # Keras 2 code: a zero-argument factory written against tf.keras, or a Keras 2 `.h5` path
+    keras2: Callable[[], Any] | str | None = None
 
     def bind(self, param: str) -> Case:
         """The case of one `params` entry: the factory, and `inputs`/`targets` callables that
@@ -189,7 +193,8 @@ class Case:
 
     def wanted_checks(self) -> list[str]:
         """The checks this case runs, in the contract's order."""
-        return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS) and c not in RUN_LEVEL_CHECKS]
+        return [c for c in ALL_CHECKS if c in (self.checks or ALL_CHECKS) and c not in RUN_LEVEL_CHECKS
+                and (self.keras2 is not None or c not in KERAS2_CHECKS)]
 
     def runs_in(self, check: str, cell_id: str) -> bool:
         """Whether the cell runs `check` (a budget: `cell_checks` narrows it per cell)."""
@@ -389,6 +394,19 @@ def _parse_skip(skip: dict | None, factory_name: str) -> tuple[tuple[str, str], 
     return tuple(skip.items())
 
 
+def _parse_keras2(keras2, factory_name: str):
+    if keras2 is None or callable(keras2):
+        return keras2
+    if isinstance(keras2, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(keras2))
+        if not path.endswith((".h5", ".hdf5")) or not os.path.isfile(path):
+            raise CaseDefinitionError(f"case {factory_name!r}: keras2={os.fspath(keras2)!r} must be a Keras 2 .h5 "
+                                      f"file that exists (a whole model, as tf.keras' model.save('model.h5') writes it)")
+        return path
+    raise CaseDefinitionError(f"case {factory_name!r}: keras2= must be a zero-argument factory written against "
+                              f"tf.keras, or the path of a Keras 2 .h5 file; got {type(keras2).__name__}")
+
+
 def parity_case(
     *,
     inputs: Any,
@@ -407,6 +425,7 @@ def parity_case(
     cell_checks: dict | None = None,
     skip: dict | None = None,
     params: dict | None = None,
+    keras2: Callable[[], Any] | str | os.PathLike | None = None,
 ) -> Callable[[Callable[..., Any]], Case]:
     """Declare a parity case: the decorated zero-argument factory builds the object to compare.
 
@@ -424,6 +443,12 @@ def parity_case(
     zoo: `params={"small": {"width": 8}, "wide": {"width": 64}}` gives the cases `zoo[small]`
     and `zoo[wide]`); an `inputs` or `targets` callable that names a parameter gets it too. An
     entry given as `harness.param(xfail=..., **kwargs)` carries declarations of its own.
+
+    Keras 2 (`keras2`): the same model as Keras 2 code, a zero-argument factory written against
+    tf.keras (`from tensorflow import keras`), or the path of a Keras 2 `.h5` file holding the whole
+    model. It runs in the keras2 cells, and the keras2 cell is the case's reference: the Keras 3
+    cells load its weights from the `.h5` Keras 2 writes (Keras 3's `load_weights`), and the
+    `legacy_load` check loads its whole-model `.h5` with `keras.models.load_model`.
 
     Training (the `train` check): `optimizer` (a name, an optimizer object, or a zero-argument
     callable returning one: `lambda: keras.optimizers.Adam(1e-3, clipnorm=1.0)`), `loss` (a
@@ -472,6 +497,7 @@ def parity_case(
             skip=skip_rules if budgeted else (),
             params=_parse_params(params, factory, name),
             param_xfail=_parse_param_xfail(params, name),
+            keras2=_parse_keras2(keras2, name),
         )
 
     return decorate

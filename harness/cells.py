@@ -15,6 +15,10 @@ import re
 import shutil
 
 BACKENDS = ("tensorflow", "jax", "torch")
+#: Keras 2 (tf.keras, from the tf-keras package) in a TensorFlow worker: the reference of a case
+#: that gives Keras 2 code (`keras2=`), and only of such a case.
+KERAS2 = "keras2"
+ALL_BACKENDS = BACKENDS + (KERAS2,)
 DEVICES = ("cpu", "gpu")
 JIT_MODES = ("jit", "nojit")
 DEFAULT_REFERENCE = "tensorflow-cpu-nojit"
@@ -57,11 +61,11 @@ class Cell:
     def parse(cls, text: str) -> Cell:
         base, _, env = text.strip().partition("@")
         parts = base.split("-")
-        if (len(parts) != 3 or parts[0] not in BACKENDS or parts[1] not in DEVICES or parts[2] not in JIT_MODES
+        if (len(parts) != 3 or parts[0] not in ALL_BACKENDS or parts[1] not in DEVICES or parts[2] not in JIT_MODES
                 or (env and not ENV_NAME.fullmatch(env))):
             raise UsageError(
                 f"{text!r} is not a cell; write backend-device-jit, e.g. tensorflow-cpu-nojit, with "
-                f"@NAME for a --keras-env environment (backends: {', '.join(BACKENDS)}; devices: cpu, gpu; "
+                f"@NAME for a --keras-env environment (backends: {', '.join(ALL_BACKENDS)}; devices: cpu, gpu; "
                 f"jit or nojit)"
             )
         return cls(parts[0], parts[1], parts[2] == "jit", env)
@@ -74,7 +78,7 @@ def validate_pattern(pattern: str, where: str) -> None:
     """A cell pattern is a glob over cell ids; it must be able to match at least one cell."""
     base, at, env = pattern.partition("@")
     parts = ["*"] * 3 if base == "*" else base.split("-")  # '*@rc': every cell of an environment
-    choices = (BACKENDS, DEVICES, JIT_MODES)
+    choices = (ALL_BACKENDS, DEVICES, JIT_MODES)
     if len(parts) != 3 or not all(
         any(fnmatch.fnmatchcase(c, p) for c in opts) for p, opts in zip(parts, choices)
     ) or (at and not env):
@@ -103,7 +107,16 @@ def parse_subset(value: str, choices, option: str, noun: str, usage: str) -> lis
 
 
 def installed_backends() -> list[str]:
-    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+    found = [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+    if "tensorflow" in found and importlib.util.find_spec("tf_keras") is not None:
+        found.append(KERAS2)
+    return found
+
+
+def backend_unavailable(backend: str) -> str:
+    if backend == KERAS2:
+        return "Keras 2 is not installed: the keras2 cells need tensorflow and tf-keras (pip install keras-parity[keras2])"
+    return f"backend {backend} is not installed (pip install keras-parity[{backend}])"
 
 
 def machine_has_gpu() -> bool:
@@ -135,6 +148,21 @@ class CellPlan:
                         skipped={c: r for c, r in self.skipped.items() if c.env == env},
                         reference=self.reference.in_env(env), envs=self.envs)
 
+    def keras3_only(self) -> CellPlan:
+        """The plan of a case without Keras 2 code: no keras2 cells."""
+        return dataclasses.replace(self, cells=tuple(c for c in self.cells if c.backend != KERAS2),
+                                   skipped={c: r for c, r in self.skipped.items() if c.backend != KERAS2})
+
+    @property
+    def keras2_reference(self) -> Cell | None:
+        """The reference of a case with Keras 2 code: the first keras2 cell this machine runs,
+        nojit on CPU first (Keras 2's own computation, as the team ran it)."""
+        runnable = [c for c in self.cells if c.backend == KERAS2 and c not in self.skipped and not c.env]
+        return min(runnable, key=lambda c: (c.jit, c.device != "cpu"), default=None)
+
+    def with_reference(self, reference: Cell) -> CellPlan:
+        return dataclasses.replace(self, reference=reference)
+
 
 def parse_envs(values: list[str], cwd: str) -> dict[str, str]:
     """`NAME=PYTHON` pairs (--keras-env, ini keras_envs): each environment's interpreter, which
@@ -161,10 +189,10 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None,
     installed = installed_backends()
     if backends.strip() == "all":
         # All three are asked for: one that is not installed is skipped with that reason.
-        wanted_backends = list(BACKENDS)
+        wanted_backends = list(ALL_BACKENDS)
     else:
-        wanted_backends = parse_subset(backends, BACKENDS, "--keras-backends", "backend",
-                                       f"'all' or a comma-separated subset of {', '.join(BACKENDS)}")
+        wanted_backends = parse_subset(backends, ALL_BACKENDS, "--keras-backends", "backend",
+                                       f"'all' or a comma-separated subset of {', '.join(ALL_BACKENDS)}")
 
     gpu_here = machine_has_gpu()
     if devices.strip() == "auto":
@@ -182,13 +210,16 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None,
     skipped = {}
     for cell in cells:
         if cell.backend not in installed:
-            skipped[cell] = f"backend {cell.backend} is not installed (pip install keras-parity[{cell.backend}])"
+            skipped[cell] = backend_unavailable(cell.backend)
         elif cell.device == "gpu" and not gpu_here:
             skipped[cell] = "no GPU on this machine (no NVIDIA driver found)"
 
     runnable = [c for c in cells if c not in skipped]
     if reference:
         ref = Cell.parse(reference)
+        if ref.backend == KERAS2:
+            raise UsageError(f"--keras-reference={ref.id}: a keras2 cell is the reference of the cases that give "
+                             f"Keras 2 code (keras2=), and of those only; choose a Keras 3 cell")
         if ref.env:
             raise UsageError(f"--keras-reference={ref.id}: the reference is a cell of the main environment; "
                              f"each --keras-env environment is compared with its own copy of it")
@@ -200,10 +231,21 @@ def plan_cells(backends: str, devices: str, jit: str, reference: str | None,
             )
     else:
         default = Cell.parse(DEFAULT_REFERENCE)
-        ref = default if default in runnable or not runnable else runnable[0]
+        ref = default if default in runnable or not runnable else next(
+            (c for c in runnable if c.backend != KERAS2), runnable[0])
     # The backends of another environment are not read from this one's packages: its workers
     # say at start-up what they cannot import.
     envs = envs or {}
-    env_cells = tuple(c.in_env(env) for env in envs for c in cells)
+    # Keras 2 is the same in every environment's comparison: its cells run in the main one.
+    env_cells = tuple(c.in_env(env) for env in envs for c in cells if c.backend != KERAS2)
     env_skipped = {c.in_env(env): r for env in envs for c, r in skipped.items() if "GPU" in r}
     return CellPlan(cells=cells + env_cells, skipped={**skipped, **env_skipped}, reference=ref, envs=envs)
+
+
+def case_plan(plan: CellPlan, case) -> CellPlan:
+    """A case's cells: with Keras 2 code (`keras2=`), the keras2 cells too, the first one this
+    machine runs as its reference; without, no keras2 cell."""
+    if getattr(case, "keras2", None) is None:
+        return plan.keras3_only()
+    reference = plan.keras2_reference
+    return plan.with_reference(reference) if reference is not None else plan

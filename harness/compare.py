@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.cells import BACKENDS
+from harness.cells import ALL_BACKENDS
 from harness.statuses import MISMATCH, PASS, SKIP
 
 #: dtype name -> (rtol, atol). Across backends, kernels differ (oneDNN, Eigen, XLA, ATen),
@@ -288,7 +288,7 @@ def outlier(values: dict, cell, reference, rtol: float | None, atol: float | Non
     cell otherwise (`jax-cpu-jit`: a compiler); with more groups, or two of one size, no one
     does. Returns the outlier, or None, and the groups as cell ids."""
     def order(c):
-        return (c != reference, BACKENDS.index(c.backend), c.device, c.jit)
+        return (c != reference, ALL_BACKENDS.index(c.backend), c.device, c.jit)
 
     groups: list[list] = []
     for other in sorted(values, key=order):

@@ -13,7 +13,7 @@ from harness import checks as all_checks
 from harness import classify
 from harness.report import tables as report_tables
 from harness.case import Case
-from harness.cells import Cell, CellPlan
+from harness.cells import KERAS2, Cell, CellPlan
 from harness.workers.pool import WorkerPool
 from harness.replies import NOT_RUN, CaseReplies, fallback_order
 from harness.statuses import FAILING_STATUSES, PASS, SKIP, XFAIL, is_failure, worst
@@ -36,9 +36,14 @@ class Judge:
         self.wanted = wanted
         # check -> the cells whose values failed its plain tolerance: the float64 arbiter's work
         self.to_arbitrate: dict[str, set[Cell]] = {}
+        self.not_arbitrated: set[str] = set()  # checks judged at the plain tolerance only (keras2)
 
     def arbitrate(self, check: str, cell: Cell) -> None:
-        """Ask for the float64 arbiter on `check`: this cell's values failed the plain tolerance."""
+        """Ask for the float64 arbiter on `check`: this cell's values failed the plain tolerance.
+        Not against a keras2 reference: the arbiter's float64 run is the case's Keras 3 code."""
+        if self.plan.reference.backend == KERAS2:
+            self.not_arbitrated.add(check)
+            return
         self.to_arbitrate.setdefault(check, set()).add(cell)
 
     # -- records without a reply -------------------------------------------------------
@@ -106,6 +111,10 @@ class Judge:
             for check in all_checks.JUDGED:
                 check.judge(self, cell, record, replies)
             self.note_fallbacks(cell, record, replies)
+            for check in sorted(self.not_arbitrated & {n for n, c in record["checks"].items()
+                                                     if c.get("status") != PASS}):
+                record["notes"].append(f"{check}: judged at the case's plain tolerance, not against float64: the "
+                                       f"reference is Keras 2, and the float64 arbiter runs the case's Keras 3 code")
             for check in record["checks"].values():
                 for key in INTERNAL_KEYS:
                     check.pop(key, None)

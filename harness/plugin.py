@@ -17,7 +17,7 @@ import time
 import pytest
 
 from harness.case import ALL_CHECKS, Case
-from harness.cells import Cell, CellPlan, UsageError, parse_envs, parse_subset, plan_cells
+from harness.cells import Cell, CellPlan, UsageError, case_plan, parse_envs, parse_subset, plan_cells
 from harness import machine
 from harness.workers import compile_cache
 from harness.report import gate as gate_rules
@@ -256,11 +256,12 @@ class ParityPlugin:
             return None
         if getattr(obj.factory, "__module__", None) != collector.obj.__name__:
             return []  # a case imported from another module is collected where it is defined
-        reason = obj.skip_reason(self.plan.reference.id)
+        plan = case_plan(self.plan, obj)
+        reason = obj.skip_reason(plan.reference.id)
         if reason is not None:  # every other cell loads the reference's weights and compares with it
             raise collector.CollectError(
                 f"{collector.nodeid}::{name}: its skip patterns match the reference cell "
-                f"{self.plan.reference.id} ({reason!r}), which every other cell is compared with: "
+                f"{plan.reference.id} ({reason!r}), which every other cell is compared with: "
                 f"narrow the pattern, or choose another cell with --keras-reference")
         items = []
         for param in [param for param, _ in obj.params] or [None]:
@@ -272,7 +273,7 @@ class ParityPlugin:
             items += [ParityItem.from_parent(collector, name=f"{name}[{prefix}{cell.id}]",
                                              nodeid=f"{collector.nodeid}::{name}[{prefix}{cell.id}]",
                                              case=case, case_ref=case_ref, cell=cell)
-                      for cell in self.plan.cells]
+                      for cell in plan.cells]
         return items
 
     # -- running -----------------------------------------------------------------------

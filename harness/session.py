@@ -26,7 +26,7 @@ from harness.report import values
 from harness.arbiter.verdict import DIVERGES, MORE_NUDGED_RUNS, NUDGED_RUNS, Evidence
 from harness.localize import judge as localize
 from harness.case import ALL_CHECKS, Case
-from harness.cells import Cell, CellPlan, installed_backends
+from harness.cells import KERAS2, Cell, CellPlan, case_plan, installed_backends
 from harness.checks import version
 from harness.judge import Judge
 from harness.replies import CaseReplies, fallback_order
@@ -102,9 +102,10 @@ class ParitySession:
         wanted = [c for c in case.wanted_checks() if c in self.checks]
         # The main environment first: its reference writes the initial weights every cell of
         # every environment loads.
-        envs = [EnvironmentRun(env, self.plan.for_env(env), Judge(case, case_ref, self.plan.for_env(env), self.pool,
-                                                                   wanted), case_dir)
-                for env in ["", *self.plan.envs] if env == "" or any(c.env == env for c in cells)]
+        plans = {env: (case_plan(self.plan, case) if env == "" else self.plan).for_env(env)
+                 for env in ["", *self.plan.envs] if env == "" or any(c.env == env for c in cells)}
+        envs = [EnvironmentRun(env, plan, Judge(case, case_ref, plan, self.pool, wanted), case_dir)
+                for env, plan in plans.items()]
         for run in envs:
             for cell in cells:
                 reason = cell.env == run.env and (self.plan.skip_reason(cell) or case.skip_reason(cell.id))
@@ -209,6 +210,7 @@ class ParitySession:
                 # own; its comparisons are then skipped, not failed.
                 "load_weights_from": run.weights_path if not writes_weights and os.path.exists(run.weights_path)
                 else None,
+                "keras2": keras2_files(replies, cell),
             }
             return Job(cell.worker_key, request, self.timeout,
                        lambda outcome: replies.outcomes.__setitem__(cell, outcome))
@@ -311,6 +313,12 @@ class ParitySession:
         with them, side by side (`harness.localize`); the records get what they found."""
         for (check, *step), cells in localize.wanted(records, replies).items():
             reference = Cell.parse(records[cells[0]]["checks"][check]["compared_with"])
+            if reference.backend == KERAS2:
+                for cell in cells:
+                    records[cell]["notes"].append(
+                        f"{check}: not localized to a layer: the reference is the keras2 cell, and the localization "
+                        f"taps layers with Keras 3 code on both sides")
+                continue
             folder = os.path.join(case_dir, "localize-" + "-".join([check, *map(str, step)]))
             weights = common["weights"] if not step else localize.step_weights(
                 replies.check(reference, "train")["file"], step[0], common["weights"], folder + "-weights.npz")
@@ -357,6 +365,8 @@ class ParitySession:
         for run in envs:
             replies = run.replies
             for key, loader in replies.file_cells.items():
+                if loader.backend == KERAS2:
+                    continue  # Keras 2 reads no Keras 3 file; Keras 3 reads its files in legacy_load
                 others = {cell.id: path for cell, path in saved.items()
                           if cell.env != loader.env or cell.backend != loader.backend}
                 reply = replies.reply(loader)
@@ -387,6 +397,19 @@ class ParitySession:
                 replies.reloaded = Outcome(status="skip", message="reloading a SavedModel needs a "
                                            "TensorFlow worker, and none can run here")
         self.pool.run(jobs)
+
+
+def keras2_files(replies: CaseReplies, cell: Cell) -> dict | None:
+    """What a Keras 3 cell reads of the keras2 reference's: its `.h5` files (weights, the model
+    before and after training), its outputs and its training steps; None where there is none."""
+    keras2 = next((c for c in replies.outcomes if c.backend == KERAS2 and replies.reply(c)), None)
+    if cell.backend == KERAS2 or keras2 is None or keras2 != replies.weights_from:
+        return None
+    files = replies.reply(keras2).get("keras2_files", {})
+    if not files.get("weights"):
+        return None
+    return {**files, "cell": keras2.id, "outputs": replies.check(keras2, "outputs").get("file"),
+            "train_steps": replies.check(keras2, "train").get("file")}
 
 
 @dataclasses.dataclass

@@ -86,6 +86,9 @@ def exchange_weights(ctx, obj, kind: str) -> None:
         arrays.save_weights(os.path.join(ctx.out_dir, "initial_weights.npz"), own)
         missing = ctx.load_reference_weights(obj)
         ctx.weights_loaded = not missing
+        if ctx.keras2_names:  # compared with the keras2 cell's variables, under their Keras 2 names
+            for variable in ctx.checks["build"]["variables"]:
+                variable["path"] = ctx.keras2_names.get(variable["path"], variable["path"])
         if missing:
             ctx.notes.append(
                 f"reference weights not loaded: {len(missing)} variable path(s) differ "

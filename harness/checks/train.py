@@ -111,7 +111,7 @@ def run(ctx, obj, kind: str, inputs, outputs) -> None:
                                                                 hint=hint)) from None
     timing.record_train(ctx, recorder.times)
     path = os.path.join(ctx.out_dir, "train_steps.npz")
-    arrays.save_weights(path, recorder.steps)
+    arrays.save_weights(path, ctx.in_keras2_names(recorder.steps))
     result = {
         "status": PASS, "steps": TRAIN_STEPS, "losses": recorder.losses, "file": path, "targets_file": targets_file,
         "configuration": config.describe(model), "data": data.call(),
@@ -174,9 +174,32 @@ def judge(case_judge, cell, record: dict, replies) -> None:
                            "compared_with": reference.id}
         if "float64_note" in checks["train"]:
             record["notes"].append("train: " + checks["train"].pop("float64_note"))
+        differ = configuration_differences(ref_train.get("configuration"), train.get("configuration"))
+        if differ:
+            checks["train"]["configuration_differs"] = differ
+            record["notes"].append(f"train: the training configuration as built differs from {reference.id}'s: "
+                                   + "; ".join(differ))
     elif "train" in replies.arbiter and replies.arbiter["train"].truth() is not None:
         judge_reference(case_judge, cell, checks, replies)
     compare_draws_with_sibling(cell, checks["train"], replies)
+
+
+def configuration_differences(reference: dict | None, mine: dict | None) -> list[str]:
+    """Each optimizer setting and loss that differs as built (a default Keras 2 and Keras 3 set
+    apart: the steps then differ by design, and the record says which setting)."""
+    if not reference or not mine:
+        return []
+    differ = []
+    ref_opt, opt = reference.get("optimizer", {}), mine.get("optimizer", {})
+    for key in sorted(set(ref_opt) | set(opt)):
+        a, b = ref_opt.get(key), opt.get(key)
+        same = a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                          and np.isclose(a, b, rtol=1e-6, atol=0))
+        if not same:
+            differ.append(f"optimizer {key}: {b!r} here, {a!r} there")
+    if reference.get("loss") != mine.get("loss") and isinstance(reference.get("loss"), str):
+        differ.append(f"loss: {mine.get('loss')!r} here, {reference.get('loss')!r} there")
+    return differ
 
 
 def compare_training(case_judge, cell: Cell, reference: Cell, ref_train: dict, train: dict, replies) -> dict:

@@ -109,7 +109,7 @@ def failures(cells: list[dict]) -> list[dict]:
 FAILING = ("mismatch", "error", "compile_error", "crash", "timeout")
 
 #: One letter per check in the matrix, and one mark per check status.
-CHECK_LETTERS = {"build": "B", "outputs": "O", "train": "T", "rng": "R", "save": "S", "export": "E",
+CHECK_LETTERS = {"build": "B", "outputs": "O", "train": "T", "legacy_load": "L", "rng": "R", "save": "S", "export": "E",
                  "timing": "t", "version": "V"}
 CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "compile_error": "✗",
                "crash": "✗", "timeout": "✗"}

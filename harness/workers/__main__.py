@@ -18,6 +18,7 @@ import traceback
 from multiprocessing.connection import Connection
 
 from harness import machine
+from harness.cells import KERAS2
 from harness.workers import compile_cache
 
 
@@ -34,6 +35,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 def configure_backend(backend: str, device: str) -> dict:
     """Import keras and the backend, switch off TF32 and non-determinism, report the devices."""
+    if backend == KERAS2:
+        return configure_keras2(device)
     import keras
 
     info = {"keras": keras.__version__, "backend": keras.backend.backend(), "packages": machine.packages()}
@@ -68,6 +71,28 @@ def configure_backend(backend: str, device: str) -> dict:
     return info
 
 
+def configure_keras2(device: str) -> dict:
+    """A Keras 2 worker: TensorFlow with `tf.keras` as tf-keras (TF_USE_LEGACY_KERAS=1, set by
+    the pool); Keras 3 is not imported here."""
+    import tensorflow as tf
+    import tf_keras
+
+    if not tf.keras.__name__.startswith("tf_keras"):
+        raise RuntimeError(f"tf.keras is {tf.keras.__name__}, not tf-keras' Keras 2: TF_USE_LEGACY_KERAS=1 "
+                           f"was set too late or tf-keras does not match TensorFlow {tf.__version__}")
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    info = {"keras": tf_keras.__version__, "backend": "tensorflow", "packages": machine.packages(),
+            "version": tf.__version__, "gpus": [g.name for g in gpus], "kernels": {"onednn": onednn_enabled()}}
+    info["device_ok"] = device == "cpu" or bool(gpus)
+    if info["device_ok"]:
+        tf.keras.layers.Dense(2)(tf.ones((1, 2)))  # the runtime's first-use costs, before the first cell
+        tf.keras.backend.clear_session()
+    return info
+
+
 def onednn_enabled() -> bool | None:
     """Whether TensorFlow runs its oneDNN kernels: on by default only on CPUs with AVX512_VNNI,
     AVX512_BF16, AVX_VNNI or AMX, or as TF_ENABLE_ONEDNN_OPTS says (see harness.machine)."""
@@ -94,6 +119,8 @@ def send(conn: Connection, message: dict) -> None:
 
 
 def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) -> None:
+    if backend == KERAS2:
+        return serve_keras2(conn_in, conn_out, device)
     from harness.arbiter import run as arbiter
     from harness.localize import run as localize
     from harness.checks.export import reload_exports
@@ -119,6 +146,26 @@ def serve(conn_in: Connection, conn_out: Connection, backend: str, device: str) 
             reply = arbiter.serve(request, backend)
         else:
             reply = {"type": "error", "message": f"unknown request {request['type']!r}"}
+        send(conn_out, reply)
+
+
+def serve_keras2(conn_in: Connection, conn_out: Connection, device: str) -> None:
+    """A Keras 2 worker runs its cells (`harness.keras2.cell`); what reads Keras 3 files or runs
+    Keras 3 code (file round trips, the float64 arbiter, the localization) is not asked of it."""
+    from harness.keras2.cell import Keras2CellRun
+
+    while True:
+        try:
+            request = json.loads(conn_in.recv_bytes())
+        except EOFError:
+            return
+        if request["type"] == "shutdown":
+            return
+        if request["type"] == "run_cell":
+            reply = Keras2CellRun(request, device).run()
+        else:
+            reply = {"type": "error", "error": f"a Keras 2 worker does not serve {request['type']!r} requests",
+                     "message": f"a Keras 2 worker does not serve {request['type']!r} requests"}
         send(conn_out, reply)
 
 

@@ -22,6 +22,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Callable
 
+from harness.cells import KERAS2
 from harness.workers import compile_cache
 
 START_TIMEOUT_S = 300.0  # importing a backend takes seconds; a loaded CI machine, longer
@@ -45,7 +46,7 @@ def worker_environment(backend: str, device: str, compile_cache_dir: str | None 
     for name, value in compile_cache.worker_environment(compile_cache_dir).items():
         env.setdefault(name, value)  # the user's own cache settings win
     env.update(
-        KERAS_BACKEND=backend,
+        KERAS_BACKEND="tensorflow" if backend == KERAS2 else backend,
         PYTHONUNBUFFERED="1",
         PYTHONFAULTHANDLER="1",  # a segfault prints the Python stack into the worker's log
         TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
@@ -55,6 +56,8 @@ def worker_environment(backend: str, device: str, compile_cache_dir: str | None 
         NVIDIA_TF32_OVERRIDE="0",
         CUBLAS_WORKSPACE_CONFIG=":4096:8",
     )
+    if backend == KERAS2:
+        env["TF_USE_LEGACY_KERAS"] = "1"  # `tf.keras` is tf-keras' Keras 2
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["JAX_PLATFORMS"] = "cpu"
@@ -191,7 +194,7 @@ class WorkerPool:
     def versions(self, key: tuple[str, str, str]) -> dict:
         """keras' and the backend's versions, as the worker of `key` reported them."""
         info = self.info.get(key)
-        return {"keras": info["keras"], key[0]: info["version"]} if info else {}
+        return {"keras": info["keras"], "tensorflow" if key[0] == KERAS2 else key[0]: info["version"]} if info else {}
 
     def packages(self, key: tuple[str, str, str]) -> dict:
         """Every distribution installed where the worker of `key` runs: name -> version."""

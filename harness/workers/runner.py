@@ -16,9 +16,10 @@ import time
 from harness import arrays, classify
 from harness.workers import compile_cache, library_warnings, memory
 from harness.calls import (assign_by_key, backend_jit, build_object, call_function, describe_dynamo, kind_of,
-                           load_case, make_object, results_of, to_numpy_tree, torch_compiler_watch, wrap_layer)
+                           load_case, make_object, results_of, to_numpy_tree, torch_compiler_watch, variable_keys,
+                           wrap_layer)
 from harness.cells import Cell
-from harness.checks import build, export, outputs, rng, save, train
+from harness.checks import build, export, legacy_load, outputs, rng, save, train
 from harness.statuses import ERROR, SKIP
 from harness.steps import StepFailed
 
@@ -45,6 +46,9 @@ class CellRun:
         self.forward = None  # the built object's forward call, for naming XLA's rejected ops
         self.factory_compile = None  # what the factory compiled its model with (`train` uses it)
         self.dynamo: dict | None = None  # what torch.compile left eager, in a torch jit cell
+        # In a case with Keras 2 code: each variable's Keras 2 name (Keras 3 key -> name), under
+        # which this cell's values are written, to compare with the keras2 cell's.
+        self.keras2_names: dict[str, str] | None = None
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -184,14 +188,52 @@ class CellRun:
             self.optional_check("save", lambda: save.run(self, case, obj, kind, inputs))
             self.optional_check("export", lambda: export.run(self, obj, kind))
             self.optional_check("train", lambda: train.run(self, obj, kind, inputs, self.outputs))
+            if self.request.get("keras2"):
+                self.optional_check(legacy_load.NAME, lambda: legacy_load.run(self, kind, inputs))
         self.optional_check("rng", lambda: rng.run(self, case, inputs))
 
     # -- the object ------------------------------------------------------------------
 
     def load_reference_weights(self, obj) -> list[str]:
         """Assign the reference cell's weights by path; returns the paths it lacks (then
-        nothing is assigned)."""
+        nothing is assigned). From a keras2 cell, its `.h5` as a migrating team loads it."""
+        if self.request.get("keras2"):
+            return self.move_keras2_weights(obj)
         return assign_by_key(obj.weights, arrays.load_weights(self.request["load_weights_from"]))
+
+    def move_keras2_weights(self, obj) -> list[str]:
+        """The keras2 cell's weights through Keras 3's `load_weights` of its `.h5` (a layer inside
+        the functional model the keras2 cell saved it from); returns the variables not reached."""
+        from harness.keras2 import migrate
+
+        model = obj if kind_of(obj) == "model" else wrap_layer(obj, self.inputs)
+        moved = migrate.move_weights(model, self.request["keras2"]["weights"])
+        if self.keras2_names is None:  # the first load says how; a later one (rng) repeats it
+            self.keras2_names = moved.names
+            if note := moved.note():
+                self.notes.append(note)
+        return moved.unmatched if moved.how else [key for key in variable_keys(model.weights)]
+
+    def in_keras2_names(self, steps: dict) -> dict:
+        """Recorded steps under the keras2 cell's names: weights and gradients by the names the
+        `.h5` gave them, optimizer variables paired with Keras 2's by order and shape."""
+        if self.keras2_names is None:
+            return steps
+        from harness.keras2 import migrate
+
+        keras2_steps = self.request["keras2"].get("train_steps")
+        optimizer = {}
+        if keras2_steps:
+            theirs = {k.split("/", 2)[2]: v for k, v in arrays.load_weights(keras2_steps).items()
+                      if k.startswith("1/optimizer/")}
+            mine = {k.split("/", 2)[2]: v for k, v in steps.items() if k.startswith("1/optimizer/")}
+            optimizer = migrate.optimizer_names(mine, theirs)
+        renamed = {}
+        for key, value in steps.items():
+            step, quantity, name = key.split("/", 2)
+            names = optimizer if quantity == "optimizer" else self.keras2_names
+            renamed[f"{step}/{quantity}/{names.get(name, name)}"] = value
+        return renamed
 
     # -- services the checks call --------------------------------------------------------
 
