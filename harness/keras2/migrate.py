@@ -201,6 +201,33 @@ def load_keras2_model(path: str, work_dir: str):
     return None, attempts
 
 
+def keras3_compile_args(path: str) -> dict | None:
+    """The Keras 2 file's training configuration as Keras 3 `compile()` arguments (the optimizer
+    by class name, with the settings Keras 3's class takes; string losses and metrics as they
+    are), for a model loaded with compile=False; None where the file has none."""
+    import inspect
+
+    import h5py
+    import keras
+
+    with h5py.File(path, "r") as f:
+        config = f.attrs.get("training_config")
+    if config is None:
+        return None
+    config = json.loads(config.decode() if isinstance(config, bytes) else config)
+    optimizer = config.get("optimizer_config") or {}
+    cls = getattr(keras.optimizers, str(optimizer.get("class_name", "")).split(">")[-1], None)
+    args = {}
+    if cls is not None:
+        accepted = inspect.signature(cls).parameters
+        args["optimizer"] = cls(**{k: v for k, v in optimizer.get("config", {}).items() if k in accepted})
+    if isinstance(config.get("loss"), (str, dict)):
+        args["loss"] = config["loss"]
+    if isinstance(config.get("metrics"), list) and all(isinstance(m, str) for m in config["metrics"]):
+        args["metrics"] = config["metrics"]
+    return args or None
+
+
 def keys_of(text: str) -> list[str]:
     return re.findall(r"'(\w+)':", text)
 
