@@ -91,7 +91,10 @@ def validate_pattern(pattern: str, where: str) -> None:
 def matches(cell_id: str, pattern: str) -> bool:
     """A pattern without `@` matches a cell of any environment by its `backend-device-jit`
     (a declaration about a backend holds under every release); with `@NAME`, only that
-    environment's cells."""
+    environment's cells. Only a pattern that names keras2 matches a keras2 cell: `*-*-*` declares
+    what the Keras 3 backends do with the case's Keras 3 code."""
+    if cell_id.startswith(KERAS2 + "-") and not pattern.startswith(KERAS2 + "-"):
+        return False
     if "@" in pattern:
         return "@" in cell_id and fnmatch.fnmatchcase(cell_id, pattern)
     return fnmatch.fnmatchcase(cell_id.partition("@")[0], pattern)

@@ -4,7 +4,8 @@ A `keras2_*` case is code as it worked under tf.keras; it declares, per cell, th
 tool must give it and the kind of failure (the classifier rule whose hint names the guide's
 fix), strictly: if Keras or a backend changes so that the code passes, the cell fails as an
 unexpected pass. A `fixed_*` case is the guide's fix, written for every backend; it passes
-every cell.
+every cell. A case with `keras2=` also runs the guide's code as it was written for Keras 2 (tf.keras)
+in the keras2 cells, where it works: code that worked in Keras 2 and breaks in Keras 3.
 
 Statuses measured on keras 3.15.1, tensorflow 2.21, jax 0.10.2, torch 2.13 (CPU).
 """
@@ -84,7 +85,16 @@ def dense_model():
     return keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
 
 
-@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs"], xfail={
+def keras2_dense_model_saved_to_a_folder():
+    """Keras 2: model.save() to a folder writes a SavedModel."""
+    from tensorflow import keras
+
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    model.save(os.path.join(tempfile.mkdtemp(), "saved_model"))
+    return model
+
+
+@pitfall(2, inputs=harness.spec((3, 5)), checks=["build", "outputs"], keras2=keras2_dense_model_saved_to_a_folder, xfail={
     "*-*-*": ("error", "model.save() to a folder raises: Keras 3 writes no SavedModel there", "savedmodel_via_save")})
 def keras2_pitfall02_save_to_a_folder():
     model = dense_model()
@@ -181,7 +191,16 @@ def fixed_pitfall05_python_if_on_a_tensor():
 
 # -- 6. TensorFlow ops on a KerasTensor ------------------------------------------------------
 
-@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"], xfail={
+def keras2_tf_op_on_a_keras_tensor():
+    """Keras 2: a TensorFlow op on a symbolic input becomes a layer (TFOpLambda)."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    inputs = keras.layers.Input([2, 2, 1])
+    return keras.Model(inputs, tf.squeeze(inputs))
+
+
+@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"], keras2=keras2_tf_op_on_a_keras_tensor, xfail={
     "*-*-*": ("error", "tf.squeeze on a KerasTensor while building a functional model", "keras_tensor_in_tf_op")})
 def keras2_pitfall06_tf_op_on_a_keras_tensor():
     import keras
@@ -388,7 +407,13 @@ def fixed_pitfall10_weight_created_in_call():
 
 # -- 11. removed APIs -------------------------------------------------------------------------
 
-@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"], xfail={
+def keras2_thresholded_relu():
+    from tensorflow import keras
+
+    return keras.layers.ThresholdedReLU(theta=0.5)
+
+
+@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"], keras2=keras2_thresholded_relu, xfail={
     "*-*-*": ("error", "keras.layers.ThresholdedReLU was removed", "removed_api")})
 def keras2_pitfall11_thresholded_relu():
     import keras
@@ -404,7 +429,13 @@ def fixed_pitfall11_thresholded_relu():
     return keras.layers.ReLU(threshold=0.5)
 
 
-@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"], xfail={
+def keras2_rnn_time_major():
+    from tensorflow import keras
+
+    return keras.layers.SimpleRNN(4, time_major=True)
+
+
+@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"], keras2=keras2_rnn_time_major, xfail={
     "*-*-*": ("error", "the RNN time_major argument was removed", "removed_api")})
 def keras2_pitfall11_rnn_time_major():
     import keras
