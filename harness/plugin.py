@@ -394,7 +394,7 @@ class ParityPlugin:
             terminalreporter.write_line(line)
         terminalreporter.write_line(
             f"{len(self.writer.cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            + f"; reference {self.plan.reference.id}")
+            + f"; reference {report_tables.references({'reference': self.plan.reference.id}, self.writer.cells)}")
         terminalreporter.write_line(f"reports: {self.report_dir}/parity.md, parity.html, parity.json, results.jsonl")
         if self.gate_result is not None:
             lines = gate_rules.describe(self.gate_result)

@@ -67,7 +67,7 @@ def test_xdist_hands_out_whole_cases():
 def test_plan_asks_for_every_combination_and_picks_the_reference():
     plan = plan_cells("all", "cpu", "both", None)
     assert [c.id for c in plan.cells] == [
-        f"{b}-cpu-{j}" for b in ("tensorflow", "jax", "torch") for j in ("nojit", "jit")]
+        f"{b}-cpu-{j}" for b in ("tensorflow", "jax", "torch", "keras2") for j in ("nojit", "jit")]
     assert plan.reference == Cell.parse("tensorflow-cpu-nojit")
     assert plan_cells("jax,torch", "cpu", "on", None).reference == Cell.parse("jax-cpu-jit")
     assert plan_cells("jax", "cpu", "off", "torch-cpu-nojit").reference == Cell.parse("torch-cpu-nojit")
@@ -468,3 +468,33 @@ def test_dict_leaves_travel_in_key_order_whatever_order_a_backend_returns():
     b = {"a": np.ones(3), "b": np.zeros(2)}
     assert arrays.leaf_names(arrays.flatten(a)[0]) == arrays.leaf_names(arrays.flatten(b)[0]) == [
         "output['a']", "output['b']"]
+
+
+def test_keras2_cells_belong_to_cases_with_keras2_code_and_are_their_reference():
+    assert Cell.parse("keras2-cpu-nojit").backend == "keras2"
+    validate_pattern("keras2-*-jit", "test")
+    # `*` declares what the Keras 3 backends do: a keras2 cell is matched only where it is named.
+    assert not cells.matches("keras2-cpu-nojit", "*-*-*")
+    assert cells.matches("keras2-cpu-jit", "keras2-*-*") and cells.matches("torch-cpu-jit", "*-*-*")
+    plan = plan_cells("all", "cpu", "both", None)
+    assert plan.reference.id == "tensorflow-cpu-nojit"  # never a keras2 cell by default
+
+    without = harness.parity_case(inputs=harness.spec((1, 2)))(lambda: None)
+    with_keras2 = harness.parity_case(inputs=harness.spec((1, 2)), keras2=lambda: None)(lambda: None)
+    assert all(c.backend != "keras2" for c in cells.case_plan(plan, without).cells)
+    assert "legacy_load" not in without.wanted_checks() and "legacy_load" in with_keras2.wanted_checks()
+    keras2_plan = cells.case_plan(plan, with_keras2)
+    assert {c.id for c in keras2_plan.cells} >= {"keras2-cpu-nojit", "keras2-cpu-jit", "jax-cpu-nojit"}
+    if "keras2" in cells.installed_backends():
+        assert keras2_plan.reference.id == "keras2-cpu-nojit"
+    else:
+        assert keras2_plan.skip_reason(Cell.parse("keras2-cpu-nojit")).startswith("Keras 2 is not installed")
+    with pytest.raises(UsageError, match="keras2 cell is the reference of the cases that give Keras 2 code"):
+        plan_cells("all", "cpu", "both", "keras2-cpu-nojit")
+
+
+def test_keras2_must_be_a_factory_or_an_existing_h5_file(tmp_path):
+    with pytest.raises(harness.CaseDefinitionError, match="must be a Keras 2 .h5 file that exists"):
+        harness.parity_case(inputs=harness.spec((1, 2)), keras2=str(tmp_path / "missing.h5"))(lambda: None)
+    with pytest.raises(harness.CaseDefinitionError, match="zero-argument factory written against tf.keras"):
+        harness.parity_case(inputs=harness.spec((1, 2)), keras2=3)(lambda: None)

@@ -1,5 +1,6 @@
 """`legacy_load`: in every Keras 3 cell of a case with Keras 2 code, the Keras 2 model's `.h5` file
-(as Keras 2 saved it, compiled where it was) through `keras.models.load_model`, then the
+(as Keras 2 saved it, compiled where it was) through `keras.models.load_model` (with the Keras 3
+code's own classes as `custom_objects`, as a team passes its custom layers), then the
 fallbacks a team reaches for (`compile=False`; the config keys Keras 3 refuses dropped), each
 attempt recorded; the loaded model's outputs against Keras 2's; and, where the case trains, the
 file Keras 2 saved after training loaded again to resume it: its optimizer state must be Keras 2's.
@@ -23,13 +24,16 @@ RESUME_HINT = ("Keras 3 does not restore a Keras 2 file's optimizer state: resum
                "or expect the first steps after the move to differ from Keras 2's")
 
 
-def run(ctx, kind: str, inputs) -> None:
+def run(ctx, obj, inputs) -> None:
+    from harness.calls import custom_objects_of
+
     files = ctx.request["keras2"]
+    custom_objects = custom_objects_of(obj)
     if not files.get("model"):
         ctx.checks[NAME] = {"status": SKIP, "not_compared": True, "reason": (
             "Keras 2 wrote no .h5 of this model (a subclassed model has none: see the keras2 cell's notes)")}
         return
-    model, attempts = migrate.load_keras2_model(files["model"], ctx.out_dir)
+    model, attempts = migrate.load_keras2_model(files["model"], ctx.out_dir, custom_objects)
     result = {"status": PASS, "attempts": [a.to_json() for a in attempts],
               "loaded_by": attempts[-1].how if model is not None else None}
     statuses = []
@@ -48,7 +52,7 @@ def run(ctx, kind: str, inputs) -> None:
         result["outputs"] = verdict
         statuses.append(verdict["status"])
     if files.get("trained_model") and files.get("train_steps"):
-        result["resume"] = resume(ctx, files)
+        result["resume"] = resume(ctx, files, custom_objects)
         statuses.append(result["resume"]["status"])
     result["status"] = worst([PASS, *statuses])
     if result["status"] == MISMATCH and "failure" not in result:
@@ -76,12 +80,12 @@ def compare_with_keras2(ctx, model, inputs, keras2_outputs: str) -> dict:
     return found
 
 
-def resume(ctx, files: dict) -> dict:
+def resume(ctx, files: dict, custom_objects: dict) -> dict:
     """The file Keras 2 saved after training, loaded to resume: its optimizer state against the
     keras2 cell's after its last step."""
     from harness import training
 
-    model, attempts = migrate.load_keras2_model(files["trained_model"], ctx.out_dir)
+    model, attempts = migrate.load_keras2_model(files["trained_model"], ctx.out_dir, custom_objects)
     found = {"loaded_by": attempts[-1].how if model is not None else None,
              "attempts": [a.to_json() for a in attempts]}
     if model is None:

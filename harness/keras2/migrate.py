@@ -164,8 +164,9 @@ class Attempt:
         return found
 
 
-def load_keras2_model(path: str, work_dir: str):
-    """`keras.models.load_model` of a Keras 2 `.h5`, as saved; then `compile=False`; then with the
+def load_keras2_model(path: str, work_dir: str, custom_objects: dict | None = None):
+    """`keras.models.load_model` of a Keras 2 `.h5`, as saved (with `custom_objects`: the Keras 3
+    code's own classes, as a team passes its custom layers); then `compile=False`; then with the
     config keys Keras 3 refuses dropped from a copy of the file's config, one refusal at a time.
     Returns (the model or None, the attempts in order)."""
     import keras
@@ -173,7 +174,7 @@ def load_keras2_model(path: str, work_dir: str):
     attempts = []
     for how, kwargs in (("load_model", {}), ("load_model(compile=False)", {"compile": False})):
         try:
-            model = keras.models.load_model(path, **kwargs)
+            model = keras.models.load_model(path, custom_objects=custom_objects, **kwargs)
             attempts.append(Attempt(how))
             return model, attempts
         except Exception as exc:  # noqa: BLE001 - each way's failure is part of the result
@@ -188,7 +189,7 @@ def load_keras2_model(path: str, work_dir: str):
             break
         for how, kwargs in (("load_model", {}), ("load_model(compile=False)", {"compile": False})):
             try:
-                model = keras.models.load_model(edited, **kwargs)
+                model = keras.models.load_model(edited, custom_objects=custom_objects, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 if UNRECOGNIZED.search(str(exc)):
@@ -272,6 +273,11 @@ def hint_for(attempts: list[Attempt]) -> str:
         return (f"Keras 3's {found.group(1)} no longer takes {keys} (a Keras 2 config key): load with "
                 f"custom_objects={{'{found.group(1)}': a subclass whose __init__ drops {keys}}}, or remove {keys} "
                 f"from the file's model_config; or {REBUILD_HINT}")
+    unknown = re.search(r"Unknown (?:layer|object|class)[^']*'(\w+)'", message)
+    if unknown:
+        return (f"Keras 3 does not know {unknown.group(1)}: pass custom_objects={{'{unknown.group(1)}': its Keras 3 "
+                f"class}} to load_model (the class's __init__ must take what the Keras 2 config holds: give it "
+                f"get_config() in Keras 2 before saving, or defaults); or {REBUILD_HINT}")
     if any(a.how == "load_model(compile=False)" and a.error is None for a in attempts):
         return ("the model loads with compile=False: Keras 3 cannot rebuild the Keras 2 training configuration "
                 "(loss, metrics or optimizer) saved in the file; compile it again with Keras 3 losses and "

@@ -56,7 +56,7 @@ def render(report: dict) -> str:
         "<h1>keras-parity report</h1>",
         "".join(f'<p class="environments"><b>{esc(line)}</b></p>' for line in tables.environment_lines(run)),
         f"<p id=\"summary\">{len(cells)} cells: {counts}. Reference cell: "
-        f"<code>{esc(run.get('reference', '?'))}</code>.</p>",
+        f"<code>{esc(tables.references(run, cells))}</code>.</p>",
         f"<p class=\"muted\">{versions}</p>" if versions else "",
         "".join(f'<p class="muted machine">Machine: {esc(line)}</p>' for line in tables.machines(run)),
         render_gate(run),

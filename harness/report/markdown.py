@@ -24,7 +24,7 @@ def render(report: dict) -> str:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())))
     for line in tables.machines(run):
         lines.append(f"Machine: {escape(line)}")
-    lines.append(f"Reference cell: `{run.get('reference', '?')}`. "
+    lines.append(f"Reference cell: `{tables.references(run, cells)}`. "
                  + ", ".join(f"{n} {s}" for s, n in tables.status_counts(cells).items()))
     gate = tables.gate_summary(run)
     if gate:
@@ -50,7 +50,7 @@ def render(report: dict) -> str:
 def render_matrix(cells: list[dict]) -> list[str]:
     m = tables.matrix(cells)
     lines = ["", "Each cell: its status, then a mark per check (B build, O outputs with its max abs "
-             "error, T train, R rng, S save, E export, t timing, V version; ✓ passed, ≠ mismatched, ✗ failed, "
+             "error, T train, L legacy_load, R rng, S save, E export, t timing, V version; ✓ passed, ≠ mismatched, ✗ failed, "
              "· skipped or not run).", "",
              "| case | " + " | ".join(m.cell_ids) + " |", "|---" * (len(m.cell_ids) + 1) + "|"]
     for case, records in m.rows:

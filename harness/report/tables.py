@@ -115,6 +115,14 @@ CHECK_MARKS = {"pass": "✓", "skip": "·", "mismatch": "≠", "error": "✗", "
                "crash": "✗", "timeout": "✗"}
 
 
+def references(run: dict, cells: list[dict]) -> str:
+    """The run's reference cell, and the keras2 cell that stands in for it in the cases with
+    Keras 2 code."""
+    own = run.get("reference", "?")
+    others = sorted({c.get("reference") for c in cells if c.get("reference") not in (None, own)})
+    return own + "".join(f" ({other} for the cases with Keras 2 code)" for other in others)
+
+
 def diverged(record: dict) -> list[str]:
     """The checks whose values diverge in this cell (outputs or training first), declared or not."""
     return [name for name, check in record.get("checks", {}).items() if check.get("status") == "mismatch"]

@@ -189,7 +189,7 @@ class CellRun:
             self.optional_check("export", lambda: export.run(self, obj, kind))
             self.optional_check("train", lambda: train.run(self, obj, kind, inputs, self.outputs))
             if self.request.get("keras2"):
-                self.optional_check(legacy_load.NAME, lambda: legacy_load.run(self, kind, inputs))
+                self.optional_check(legacy_load.NAME, lambda: legacy_load.run(self, obj, inputs))
         self.optional_check("rng", lambda: rng.run(self, case, inputs))
 
     # -- the object ------------------------------------------------------------------

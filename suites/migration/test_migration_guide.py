@@ -56,9 +56,24 @@ def strings_model():
     return MyModel()
 
 
-@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"], xfail={
+def keras2_strings_model():
+    """Keras 2: tf.strings in call() works, where jit_compile is off (tf.keras' default)."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class MyModel(keras.Model):
+        def call(self, inputs):
+            return tf.strings.to_number(tf.strings.as_string(inputs))
+
+    return MyModel()
+
+
+@pitfall(1, inputs=np.array([[1, 2, 3], [4, 5, 6]], "float32"), checks=["build", "outputs"],
+         keras2=keras2_strings_model, xfail={
     "tensorflow-*-jit": ("compile_error", "XLA cannot compile tf.strings (AsString, StringToNumber)",
                          "xla_unsupported_ops"),
+    "keras2-*-jit": ("compile_error", "Keras 2 with jit_compile=True: XLA cannot compile tf.strings either",
+                     "xla_unsupported_ops"),
     "jax-*-jit": ("compile_error", "tf.strings on a JAX tracer: TensorFlow converts its input to NumPy",
                   "tf_or_numpy_op_in_call")})
 def keras2_pitfall01_tf_strings_under_xla():
@@ -111,7 +126,17 @@ def fixed_pitfall02_save_to_a_folder():
 
 # -- 3. keras.models.load_model() no longer reads a SavedModel ------------------------------
 
-@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"], xfail={
+def keras2_load_savedmodel():
+    """Keras 2: model.save(folder) writes a SavedModel and load_model() reads it back. (The data
+    folder's SavedModel is Keras 3's export, which Keras 2 reads only as a bare _UserObject.)"""
+    from tensorflow import keras
+
+    folder = os.path.join(tempfile.mkdtemp(), "saved_model")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh", name="dense")]).save(folder)
+    return keras.models.load_model(folder)
+
+
+@pitfall(3, inputs=harness.spec((2, 4)), checks=["build", "outputs"], keras2=keras2_load_savedmodel, xfail={
     "*-*-*": ("error", "load_model() refuses a SavedModel folder", "load_savedmodel")})
 def keras2_pitfall03_load_model_on_a_savedmodel():
     import keras
@@ -135,8 +160,18 @@ def fixed_pitfall03_load_model_on_a_savedmodel():
 
 # -- 4. inputs nested more than one level deep ---------------------------------------------
 
+def keras2_deeply_nested_inputs():
+    from tensorflow import keras
+
+    inputs = {"foo": keras.Input(shape=(1,), name="foo"),
+              "bar": {"baz": keras.Input(shape=(1,), name="bar")}}
+    return keras.Model(inputs, inputs["foo"] + inputs["bar"]["baz"])
+
+
 @pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": {"baz": harness.spec((2, 1))}},
-                     checks=["build", "outputs"])
+         checks=["build", "outputs"], keras2=keras2_deeply_nested_inputs, xfail={
+    "keras2-*-*": ("error", "tf-keras 2.21 builds the model but cannot call it: its Functional.input_spec "
+                            "reads _keras_history from the inner dict (AttributeError)")})
 def keras2_pitfall04_deeply_nested_inputs():
     """No longer reproduces on Keras 3.15: keras.Model accepts the guide's dict of dicts of
     inputs, and every cell passes."""
@@ -159,7 +194,21 @@ def fixed_pitfall04_deeply_nested_inputs():
 
 # -- 5. no autograph in call(): Python control flow on a tensor -----------------------------
 
-@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"], xfail={
+def keras2_python_if_on_a_tensor():
+    """Keras 2: autograph turns the Python if on a tensor into a tf.cond."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class MyCustomLayer(keras.layers.Layer):
+        def call(self, inputs):
+            if tf.reduce_sum(inputs) > 0:
+                return inputs * 2
+            return inputs / 2
+
+    return MyCustomLayer()
+
+
+@pitfall(5, inputs=harness.spec((3, 3)), checks=["build", "outputs"], keras2=keras2_python_if_on_a_tensor, xfail={
     "tensorflow-*-*": ("error", "Python if on a symbolic tf.Tensor (OperatorNotAllowedInGraphError)",
                        "python_bool_on_tensor"),
     "jax-*-*": ("error", "Python if on a traced value; JAX 0.10's TracerBoolConversionError fails to format "
@@ -237,7 +286,23 @@ def evaluation_data():
     return rng.uniform(size=(10, 10)).astype("float32"), rng.uniform(size=(10, 5)).astype("float32")
 
 
-@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
+def keras2_per_output_losses_from_evaluate():
+    """Keras 2: evaluate() of a two-output model returns [total, output_1 loss, output_2 loss]."""
+    from tensorflow import keras
+
+    inputs = keras.layers.Input(shape=(10,))
+    x1 = keras.layers.Dense(5, activation="relu")(inputs)
+    x2 = keras.layers.Dense(5, activation="relu")(x1)
+    output_1 = keras.layers.Dense(5, activation="softmax", name="output_1")(x1)
+    output_2 = keras.layers.Dense(5, activation="softmax", name="output_2")(x2)
+    model = keras.Model(inputs=inputs, outputs=[output_1, output_2])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x_test, y_test = evaluation_data()
+    total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
+    return model
+
+
+@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"], keras2=keras2_per_output_losses_from_evaluate)
 def keras2_pitfall07_per_output_losses_from_evaluate():
     """No longer reproduces on Keras 3.15: evaluate() of a two-output model compiled with one
     loss returns [total, output_1 loss, output_2 loss] again, as tf.keras did."""
@@ -263,7 +328,27 @@ def fixed_pitfall07_per_output_losses_from_evaluate():
 
 # -- 8. a tf.Variable attribute is not tracked ----------------------------------------------
 
-@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs"], xfail={
+def keras2_tf_variable_attribute():
+    """Keras 2: a tf.Variable attribute is tracked, trained and saved."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class MyCustomLayer(keras.layers.Layer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, input_shape):
+            self.w = tf.Variable(initial_value=tf.zeros([input_shape[-1], self.units]))
+            self.b = tf.Variable(initial_value=tf.zeros([self.units]))
+
+        def call(self, inputs):
+            return tf.matmul(inputs, self.w) + self.b
+
+    return MyCustomLayer(3)
+
+
+@pitfall(8, inputs=harness.spec((3, 3)), checks=["build", "outputs"], keras2=keras2_tf_variable_attribute, xfail={
     "*-*-*": ("error", "tf.Variable attributes are not tracked: the layer has no weights", "untracked_state")})
 def keras2_pitfall08_tf_variable_attribute():
     import keras
@@ -305,7 +390,22 @@ def fixed_pitfall08_tf_variable_attribute():
 
 # -- 9. None inside nested call() arguments -------------------------------------------------
 
-@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"])
+def keras2_none_in_nested_call_arguments():
+    from tensorflow import keras
+
+    class CustomLayer(keras.layers.Layer):
+        def call(self, inputs):
+            foo = inputs["foo"]
+            baz = inputs["bar"]["baz"]
+            if baz is not None:
+                return foo + baz
+            return foo
+
+    foo = keras.Input(shape=(1,), name="foo")
+    return keras.Model(foo, CustomLayer()({"foo": foo, "bar": {"baz": None}}))
+
+
+@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"], keras2=keras2_none_in_nested_call_arguments)
 def keras2_pitfall09_none_in_nested_call_arguments():
     """No longer reproduces on Keras 3.15: None inside a nested call() argument is accepted,
     and every cell passes."""
@@ -364,7 +464,27 @@ def positional_embedding(with_build: bool):
     return (BuiltPositionalEmbedding if with_build else PositionalEmbedding)(8, 4)
 
 
-@pitfall(10, inputs=harness.spec((2, 8, 4)))
+def keras2_sublayer_built_in_call():
+    """Keras 2: a sublayer first built by call() is tracked like any other."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class PositionalEmbedding(keras.layers.Layer):
+        def __init__(self, sequence_length, output_dim, **kwargs):
+            super().__init__(**kwargs)
+            self.position_embeddings = keras.layers.Embedding(input_dim=sequence_length, output_dim=output_dim)
+
+        def call(self, inputs):
+            positions = tf.range(start=0, limit=tf.shape(inputs)[1], delta=1)
+            return inputs + self.position_embeddings(positions)
+
+    return PositionalEmbedding(8, 4)
+
+
+@pitfall(10, inputs=harness.spec((2, 8, 4)), keras2=keras2_sublayer_built_in_call, xfail={
+    "*-*-*": ("mismatch", "the Keras 2 .h5 saved after training loads only with compile=False (Keras 3 cannot "
+                          "deserialize its loss 'mse', as keras.metrics.mse): Keras 2's optimizer state is not "
+                          "restored, so training does not resume where Keras 2 left it")})
 def keras2_pitfall10_sublayer_built_in_call():
     """The guide's own example, which failed under JAX on Keras 3.0. On Keras 3.15 it passes
     every cell: Keras builds the unbuilt Embedding by tracing call() symbolically."""
@@ -376,7 +496,20 @@ def fixed_pitfall10_sublayer_built_in_call():
     return positional_embedding(with_build=True)
 
 
-@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"], xfail={
+def keras2_weight_created_in_call():
+    """Keras 2: add_weight() on the first call() works."""
+    from tensorflow import keras
+
+    class LazyScale(keras.layers.Layer):
+        def call(self, inputs):
+            if not hasattr(self, "scale"):
+                self.scale = self.add_weight(shape=(inputs.shape[-1],), initializer="ones")
+            return inputs * self.scale
+
+    return LazyScale()
+
+
+@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"], keras2=keras2_weight_created_in_call, xfail={
     "*-*-*": ("error", "add_weight() inside call(): Keras refuses state created after build", "unbuilt_state")})
 def keras2_pitfall10_weight_created_in_call():
     """What still fails on Keras 3.15: a weight created on the first call()."""
@@ -454,7 +587,23 @@ def fixed_pitfall11_rnn_time_major():
 
 # -- 12. tf.* calls replaced by keras.ops.* ------------------------------------------------------
 
-@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"], xfail={
+def keras2_tf_ops_in_a_layer():
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class L2Pool(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="glorot_uniform")
+
+        def call(self, inputs):
+            x = tf.abs(tf.matmul(inputs, self.kernel))
+            x = tf.gather(x, [2, 0], axis=1)
+            return tf.nn.l2_normalize(x, axis=-1) * tf.reduce_mean(x, axis=-1, keepdims=True)
+
+    return L2Pool()
+
+
+@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"], keras2=keras2_tf_ops_in_a_layer, xfail={
     "jax-*-*": ("error", "tf.* ops on JAX tensors: TensorFlow calls __array__ on a tracer", "tf_or_numpy_op_in_call"),
     "torch-*-*": ("error", "tf.* ops on torch tensors return tf.Tensors, which Keras refuses as layer outputs",
                   "tf_or_numpy_op_in_call")})
@@ -501,7 +650,26 @@ def regression_model(model_class):
     return model_class(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
 
 
-@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"], xfail={
+def keras2_train_step_with_gradient_tape():
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class TapeModel(keras.Model):
+        def train_step(self, data):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+            gradients = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            return {"loss": loss}
+
+    inputs = keras.Input((6,))
+    return TapeModel(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
+
+
+@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"], keras2=keras2_train_step_with_gradient_tape,
+         xfail={
     "jax-*-*": ("error", "under JAX Keras calls train_step(state, data): 'takes 2 positional arguments but 3 "
                          "were given'", "train_step_per_backend"),
     "torch-*-*": ("error", "tf.GradientTape on torch tensors: 'Cannot convert the argument type_value: tensor(...) "
@@ -540,7 +708,25 @@ def fixed_pitfall13_train_step_with_gradient_tape():
 
 # -- 14. keras.random ops are stateless: an int seed repeats in compiled calls -------------------
 
-@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"], xfail={
+def keras2_int_seed_in_a_layer():
+    """Keras 2: a stateful random op with an op seed draws anew at every call, compiled or not."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    class RandomNoiseLayer(keras.layers.Layer):
+        def __init__(self, noise_rate, **kwargs):
+            super().__init__(**kwargs)
+            self.noise_rate = noise_rate
+            self.seed = 1337
+
+        def call(self, inputs):
+            self.seed += 1
+            return inputs + tf.random.uniform(tf.shape(inputs), minval=0, maxval=self.noise_rate, seed=self.seed)
+
+    return RandomNoiseLayer(0.1)
+
+
+@pitfall(14, inputs=harness.spec((64, 32)), checks=["build", "outputs", "rng"], keras2=keras2_int_seed_in_a_layer, xfail={
     "tensorflow-*-*": ("mismatch", "the int seed is frozen into the traced graph: compiled calls repeat their draws",
                        "python_int_seed"),
     "jax-*-jit": ("mismatch", "the int seed is frozen into the jitted function: calls repeat their draws",
