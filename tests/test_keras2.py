@@ -121,6 +121,8 @@ os.environ["KERAS_BACKEND"] = "jax"
 import keras
 model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
 model.save("small.keras")
+import numpy as np
+np.savez("small_inputs.npz", x=np.random.default_rng(1).normal(size=(3, 5)).astype("float32"))
 '''
 
 
@@ -155,8 +157,10 @@ def test_check_a_keras2_h5_file(tmp_path):
 @requires_all_backends
 def test_check_a_keras_file(tmp_path):
     write_file(tmp_path, KERAS3_FILE)
-    result = check(tmp_path, "small.keras", "--keras-backends=all", "--keras-jit=off")
+    result = check(tmp_path, "small.keras", "--keras-backends=all", "--keras-jit=off", "--inputs", "small_inputs.npz")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    kept = list((tmp_path / "reports" / "values").rglob("inputs.npz"))
+    assert len(kept) == 1 and __import__("numpy").load(kept[0])["0"].shape == (3, 5)  # the inputs given
     report = __import__("json").loads((tmp_path / "reports" / "parity.json").read_text())
     assert sorted(c["cell"] for c in report["cells"]) == sorted(KERAS3_CELLS)  # no Keras 2 code: no keras2 cell
     assert {c["status"] for c in report["cells"]} == {"pass"}

@@ -12,5 +12,5 @@ migrating team does to move from it to Keras 3.
   fallbacks a team reaches for (`compile=False`, the config keys Keras 3 no longer takes
   dropped), each step's failure with the fix it needs.
 
-Nothing here is imported by the pytest process but `names`-free helpers of `migrate`.
+Both run in workers only: the pytest process compares what they wrote as it compares any cell's.
 """
