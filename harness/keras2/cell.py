@@ -63,6 +63,7 @@ class Keras2CellRun:
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
         self.files: dict[str, str | None] = {}
+        self.weights_loaded: bool | None = None  # None: this cell is the reference
 
     def step(self, check: str, phase: str, fn):
         try:
@@ -86,7 +87,7 @@ class Keras2CellRun:
             for check in self.wanted:
                 self.checks.setdefault(check, {"status": SKIP, "reason": f"not run: {where} failed before it"})
         return {"type": "cell_result", "checks": self.checks, "timings": self.timings, "notes": self.notes,
-                "weights_loaded": None, "keras2_files": self.files}
+                "weights_loaded": self.weights_loaded, "keras2_files": self.files}
 
     def fail(self, failed: StepFailed) -> None:
         entry = self.checks.get(failed.failure.check, {})
@@ -106,7 +107,10 @@ class Keras2CellRun:
         self.checks["build"] = {"status": PASS, "variables": [
             {"path": key, "shape": list(v.shape), "dtype": v.dtype.name, "trainable": bool(v.trainable)}
             for key, v in zip(keys_of(model.weights), model.weights)]}
-        self.step("build", "weights", lambda: self.write_files(model, keras))
+        if self.request.get("load_weights_from"):  # another keras2 cell (jit): the reference's weights
+            self.step("build", "weights", lambda: self.load_weights(model))
+        else:
+            self.step("build", "weights", lambda: self.write_files(model, keras))
         outputs = self.outputs(model, inputs)
         if "train" in self.wanted:
             try:
@@ -151,6 +155,18 @@ class Keras2CellRun:
                               f"cells load them by name from this cell's own record instead"[:400])
         self.files["model"] = self.save_model(model, "keras2_model.h5")
         self.files["compiled"] = bool(getattr(model, "optimizer", None) is not None and model.compiled_loss)
+
+    def load_weights(self, model) -> None:
+        weights = arrays.load_weights(self.request["load_weights_from"])
+        keys = keys_of(model.weights)
+        missing = [key for key in keys if key not in weights]
+        self.weights_loaded = not missing
+        if missing:
+            self.notes.append(f"reference weights not loaded: {len(missing)} variable name(s) differ from the "
+                              f"reference cell's (first: {missing[0]})")
+            return
+        for key, v in zip(keys, model.weights):
+            v.assign(np.array(weights[key]))
 
     def save_model(self, model, name: str) -> str | None:
         path = os.path.join(self.out_dir, name)
