@@ -22,6 +22,7 @@ from harness.machine import normalized_name
 # Distributions that install the same top-level module: asking for one replaces the others.
 SAME_MODULE = {"keras": {"keras", "keras-nightly"}, "keras-nightly": {"keras", "keras-nightly"}}
 EXTRAS = ("all", "onnx", "test")
+KERAS2_PINS = ("ci/keras2.txt",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -92,8 +93,15 @@ def main(argv: list[str]) -> int:
         print("make env: retrying with PyTorch's index for the locked torch build", file=sys.stderr)
         subprocess.run(install + ["--extra-index-url", os.environ.get("TORCH_INDEX", "https://download.pytorch.org/whl/cpu")],
                        check=True)
+    # Keras 2 as the main set-up has it (without its `tensorflow` requirement: see the file), unless
+    # the wanted packages replace it.
+    keras2 = [path for path in KERAS2_PINS if os.path.exists(path)]
+    pins = [line.split("#", 1)[0].strip() for path in keras2 for line in open(path, encoding="utf-8")]
+    pins = [pin for pin in pins if pin and requirement_name(pin) not in replaced]
+    if pins:
+        subprocess.run(pip + ["--no-deps", *pins], check=True)
     # What it holds against its lock: a package the other release needs and the lock lacks is said.
-    return subprocess.run([python, "ci/check_lock.py", "--allow-extra", constraints]).returncode
+    return subprocess.run([python, "ci/check_lock.py", "--allow-extra", constraints, *keras2]).returncode
 
 
 if __name__ == "__main__":

@@ -409,6 +409,7 @@ def keras2_files(replies: CaseReplies, cell: Cell) -> dict | None:
     if not files.get("weights"):
         return None
     return {**files, "cell": keras2.id, "outputs": replies.check(keras2, "outputs").get("file"),
+            "random": bool(replies.check(keras2, "outputs").get("random")),
             "train_steps": replies.check(keras2, "train").get("file")}
 
 

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from harness.calls import assign_by_key, backend_tensors, synchronize, variable_keys, weights_by_key
+from harness.checks.train import step_values
 
 LEARNING_RATE = 0.01
 COMPILE_KEYS = ("optimizer", "loss", "loss_weights", "metrics", "weighted_metrics")
@@ -328,18 +329,5 @@ class StepRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.record_state:
             return
-        step = f"{epoch + 1}/"
-        # Each output's own loss (`{output}_loss`) before their sum: a divergence is then named
-        # at the output whose loss departs.
-        for name, value in self.logs.items():
-            if name.endswith("_loss"):
-                self.steps[step + f"loss/{name}"] = value
-        self.steps[step + "loss/loss"] = self.logs.get("loss", np.float32(np.nan))
-        for name, value in self.logs.items():
-            if name != "loss" and not name.endswith("_loss"):
-                self.steps[step + f"metric/{name}"] = value
-        self.steps.update({step + k: v for k, v in self.pending.items()})
-        for name, value in optimizer_state(self.model.optimizer).items():
-            self.steps[step + f"optimizer/{name}"] = value
-        for path, value in weights_of(self.model).items():
-            self.steps[step + f"weight/{path}"] = value
+        self.steps.update(step_values(epoch + 1, self.logs, self.pending, optimizer_state(self.model.optimizer),
+                                      weights_of(self.model)))

@@ -134,9 +134,12 @@ def test_round_off_beyond_the_tolerance_passes_with_its_float64_figures(run):
         assert account["verdict"] == "round-off" and account["truth"] == "tensorflow", account
         assert account["held"] == {"tensorflow": True}, account  # no cell diverged: no other backend ran float64
         judged = account["outputs"]["output"]
-        assert judged["why"] == "within_band" and judged["error"] <= judged["band"], judged
+        # Within the nudged runs' band, or (a sum that cancels, on a CPU whose kernels sum in yet
+        # another order) where round-off alone moves the value by more than its size allows.
+        assert judged["why"] in ("within_band", "roundoff_dominated"), judged
+        assert judged["why"] != "within_band" or judged["error"] <= judged["band"], judged
         assert judged["band"] >= 3 * judged["reference_error"], judged  # 3x the widest round-off sample
-        assert any("within float32 round-off" in note for note in record["notes"]), record["notes"]
+        assert any("round-off" in note for note in record["notes"]), record["notes"]
     assert "jax-cpu-nojit" in beyond, beyond  # XLA's dot emitter sums in its own order on every CPU
     markdown = (run.path / "reports" / "parity.md").read_text()
     assert "## Judged against float64" in markdown and "| `test_arbiter_cases.py::long_dot_product` | jax-cpu-nojit " \

@@ -5,6 +5,7 @@ jit on and off. Each reproducer is run again here, in a process of its own."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -114,7 +115,9 @@ def test_the_bicubic_resize_is_named_in_a_functional_convnet_with_torch_the_outl
     for cell in ("torch-cpu-nojit", "torch-cpu-jit"):
         first = first_divergence(run, "convnet_with_bicubic_resize", cell)
         assert (first["layer"], first["class"]) == ("resizing", "Resizing"), first
-        assert first["inputs_err"] == 0 and first["output_err"] > 0.01 and first["introduced"], first
+        # Its inputs agree to round-off (0 where TensorFlow's and torch's convolutions sum in one
+        # order, 1.8e-7 on an AVX2 CPU with oneDNN off); the resize itself departs by 0.01 or more.
+        assert first["inputs_err"] <= 1e-6 and first["output_err"] > 0.01 and first["introduced"], first
         assert first["local_err"] == pytest.approx(first["output_err"], rel=1e-3), first
         assert first["outlier"] == "torch", first
         message = run.cell("convnet_with_bicubic_resize", cell)["checks"]["outputs"]["failure"]["message"]
@@ -177,7 +180,8 @@ def test_reports_show_each_localized_divergence_layer_by_layer(run):
     markdown = (run.path / "reports" / "parity.md").read_text()
     section = markdown[markdown.index("## Localized divergences"):]
     assert "`test_localize_cases.py::convnet_with_bicubic_resize` [torch-cpu-nojit] outputs: diverges first" in section
-    assert "| `resizing` | Resizing | (2, 12, 12, 4) | 0 |" in section and "| new | **departs first** |" in section
+    assert re.search(r"\| `resizing` \| Resizing \| \(2, 12, 12, 4\) \| (0|[0-9.]+e-0[7-9]) \|", section), section
+    assert "| new | **departs first** |" in section
     page = (run.path / "reports" / "parity.html").read_text()
     assert page.count('aria-label="error by layer"') == len(
         [c for c in run.report["cells"] for check in c["checks"].values() if check.get("localization", {}).get("layers")])

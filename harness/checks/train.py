@@ -39,6 +39,23 @@ DATA_ERRORS = ("values to unpack", "Iterating over", "iterate over", "expects", 
                "index out of range", "unexpected keyword")
 
 
+def step_values(step: int, logs: dict, pending: dict, optimizer: dict, weights: dict) -> dict:
+    """One step's values under `"{step}/{quantity}/{name}"`, in a step's order (QUANTITIES): each
+    output's own loss (`{output}_loss`, so a divergence is named at the output whose loss departs)
+    before their sum, the metrics, the gradients taken at the step's start (`pending`, keyed
+    `gradient/{name}`), then the optimizer's variables and the weights after it. A Keras 3 cell
+    (`harness.training.StepRecorder`) and a keras2 cell (`harness.keras2.cell`) both write it."""
+    prefix = f"{step}/"
+    values = {prefix + f"loss/{name}": value for name, value in logs.items() if name.endswith("_loss")}
+    values[prefix + "loss/loss"] = logs.get("loss", np.float32(np.nan))
+    values.update({prefix + f"metric/{name}": value for name, value in logs.items()
+                   if name != "loss" and not name.endswith("_loss")})
+    values.update({prefix + key: value for key, value in pending.items()})
+    values.update({prefix + f"optimizer/{name}": value for name, value in optimizer.items()})
+    values.update({prefix + f"weight/{name}": value for name, value in weights.items()})
+    return values
+
+
 def targets_for(ctx, outputs):
     path = ctx.request.get("targets")
     if path:

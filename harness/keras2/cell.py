@@ -20,11 +20,11 @@ import numpy as np
 
 from harness import arrays, classify
 from harness.calls import draws_of, load_case
+from harness.checks.train import TRAIN_STEPS, step_values
 from harness.cells import Cell
 from harness.statuses import ERROR, PASS, SKIP
 from harness.steps import StepFailed
 
-TRAIN_STEPS = 4  # harness.checks.train.TRAIN_STEPS, not imported: that module imports Keras 3
 LEARNING_RATE = 0.01  # harness.training.LEARNING_RATE, the default optimizer's
 NOT_HERE = "not run in a Keras 2 cell: it tests Keras 3's own {what}"
 RANDOM_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -64,6 +64,7 @@ class Keras2CellRun:
         self.notes: list[str] = []
         self.files: dict[str, str | None] = {}
         self.weights_loaded: bool | None = None  # None: this cell is the reference
+        self.case = None
 
     def step(self, check: str, phase: str, fn):
         try:
@@ -99,7 +100,7 @@ class Keras2CellRun:
         import tensorflow as tf
 
         keras = tf.keras
-        case = self.step("build", "import", lambda: load_case(self.request["case"]))
+        case = self.case = self.step("build", "import", lambda: load_case(self.request["case"]))
         inputs = arrays.load_tree(self.request["inputs"])
         t0 = time.perf_counter()
         model = self.step("build", "factory", lambda: self.make_model(case, keras))
@@ -153,7 +154,9 @@ class Keras2CellRun:
             self.files["weights"] = None
             self.notes.append(f"Keras 2 could not save the weights as .h5 ({type(exc).__name__}: {exc}): the Keras 3 "
                               f"cells load them by name from this cell's own record instead"[:400])
-        self.files["model"] = self.save_model(model, "keras2_model.h5")
+        source = self.case.keras2
+        # The team's own file as it is, where the case names one; else the model as Keras 2 saves it.
+        self.files["model"] = source if isinstance(source, str) else self.save_model(model, "keras2_model.h5")
         self.files["compiled"] = bool(getattr(model, "optimizer", None) is not None and model.compiled_loss)
 
     def load_weights(self, model) -> None:
@@ -320,19 +323,8 @@ class StepRecorder:
                 self.losses.append(float(self.logs["loss"].reshape(-1)[0]) if "loss" in self.logs else float("nan"))
 
             def on_epoch_end(self, epoch, logs=None):
-                step = f"{epoch + 1}/"
-                for name, value in self.logs.items():
-                    if name.endswith("_loss"):
-                        self.steps[step + f"loss/{name}"] = value
-                self.steps[step + "loss/loss"] = self.logs.get("loss", np.float32(np.nan))
-                for name, value in self.logs.items():
-                    if name != "loss" and not name.endswith("_loss"):
-                        self.steps[step + f"metric/{name}"] = value
-                self.steps.update({step + k: v for k, v in self.pending.items()})
-                for key, value in values_of(self.model.optimizer.variables()).items():
-                    self.steps[step + f"optimizer/{key}"] = value
-                for key, value in values_of(self.model.weights).items():
-                    self.steps[step + f"weight/{key}"] = value
+                self.steps.update(step_values(epoch + 1, self.logs, self.pending,
+                                              values_of(self.model.optimizer.variables()), values_of(self.model.weights)))
 
         return Recorder()
 

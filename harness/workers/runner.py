@@ -190,6 +190,10 @@ class CellRun:
             self.optional_check("train", lambda: train.run(self, obj, kind, inputs, self.outputs))
             if self.request.get("keras2"):
                 self.optional_check(legacy_load.NAME, lambda: legacy_load.run(self, obj, inputs))
+            elif legacy_load.NAME in self.wanted:
+                self.checks[legacy_load.NAME] = {"status": SKIP, "reason": (
+                    "no keras2 cell wrote the Keras 2 files (keras2 not among --keras-backends, tf-keras not "
+                    "installed, or the keras2 cell failed: see its record)")}
         self.optional_check("rng", lambda: rng.run(self, case, inputs))
 
     # -- the object ------------------------------------------------------------------

@@ -41,6 +41,18 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+def under_keras2(code):
+    """The guide's code `code(keras)` with Keras 2 (tf.keras from tf-keras), for a case's
+    `keras2=`: the same lines its Keras 3 case runs with `import keras`."""
+    def keras2():
+        from tensorflow import keras
+
+        return code(keras)
+
+    keras2.__name__ = f"{code.__name__}_under_keras2"
+    return keras2
+
+
 # -- 1. jit_compile is on by default on GPU; XLA cannot compile tf.strings ----------------
 
 def strings_model():
@@ -160,16 +172,15 @@ def fixed_pitfall03_load_model_on_a_savedmodel():
 
 # -- 4. inputs nested more than one level deep ---------------------------------------------
 
-def keras2_deeply_nested_inputs():
-    from tensorflow import keras
-
+def deeply_nested_inputs(keras):
     inputs = {"foo": keras.Input(shape=(1,), name="foo"),
               "bar": {"baz": keras.Input(shape=(1,), name="bar")}}
-    return keras.Model(inputs, inputs["foo"] + inputs["bar"]["baz"])
+    outputs = inputs["foo"] + inputs["bar"]["baz"]
+    return keras.Model(inputs, outputs)
 
 
 @pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": {"baz": harness.spec((2, 1))}},
-         checks=["build", "outputs"], keras2=keras2_deeply_nested_inputs, xfail={
+         checks=["build", "outputs"], keras2=under_keras2(deeply_nested_inputs), xfail={
     "keras2-*-*": ("error", "tf-keras 2.21 builds the model but cannot call it: its Functional.input_spec "
                             "reads _keras_history from the inner dict (AttributeError)")})
 def keras2_pitfall04_deeply_nested_inputs():
@@ -177,10 +188,7 @@ def keras2_pitfall04_deeply_nested_inputs():
     inputs, and every cell passes."""
     import keras
 
-    inputs = {"foo": keras.Input(shape=(1,), name="foo"),
-              "bar": {"baz": keras.Input(shape=(1,), name="bar")}}
-    outputs = inputs["foo"] + inputs["bar"]["baz"]
-    return keras.Model(inputs, outputs)
+    return deeply_nested_inputs(keras)
 
 
 @pitfall(4, inputs={"foo": harness.spec((2, 1)), "bar": harness.spec((2, 1))})
@@ -240,23 +248,21 @@ def fixed_pitfall05_python_if_on_a_tensor():
 
 # -- 6. TensorFlow ops on a KerasTensor ------------------------------------------------------
 
-def keras2_tf_op_on_a_keras_tensor():
-    """Keras 2: a TensorFlow op on a symbolic input becomes a layer (TFOpLambda)."""
+def tf_op_on_a_keras_tensor(keras):
+    """Keras 2 turns the TensorFlow op on a symbolic input into a layer (TFOpLambda)."""
     import tensorflow as tf
-    from tensorflow import keras
 
     inputs = keras.layers.Input([2, 2, 1])
     return keras.Model(inputs, tf.squeeze(inputs))
 
 
-@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"], keras2=keras2_tf_op_on_a_keras_tensor, xfail={
-    "*-*-*": ("error", "tf.squeeze on a KerasTensor while building a functional model", "keras_tensor_in_tf_op")})
+@pitfall(6, inputs=harness.spec((2, 2, 2, 1)), checks=["build", "outputs"], keras2=under_keras2(tf_op_on_a_keras_tensor),
+         xfail={"*-*-*": ("error", "tf.squeeze on a KerasTensor while building a functional model",
+                          "keras_tensor_in_tf_op")})
 def keras2_pitfall06_tf_op_on_a_keras_tensor():
     import keras
-    import tensorflow as tf
 
-    inputs = keras.layers.Input([2, 2, 1])
-    return keras.Model(inputs, tf.squeeze(inputs))
+    return tf_op_on_a_keras_tensor(keras)
 
 
 @pitfall(6, inputs=harness.spec((2, 2, 2, 1)))
@@ -269,10 +275,8 @@ def fixed_pitfall06_tf_op_on_a_keras_tensor():
 
 # -- 7. multi-output evaluate() no longer returns a loss per output --------------------------
 
-def two_output_model():
-    import keras
-    from keras import layers
-
+def two_output_model(keras):
+    layers = keras.layers
     inputs = layers.Input(shape=(10,))
     x1 = layers.Dense(5, activation="relu")(inputs)
     x2 = layers.Dense(5, activation="relu")(x1)
@@ -286,37 +290,30 @@ def evaluation_data():
     return rng.uniform(size=(10, 10)).astype("float32"), rng.uniform(size=(10, 5)).astype("float32")
 
 
-def keras2_per_output_losses_from_evaluate():
-    """Keras 2: evaluate() of a two-output model returns [total, output_1 loss, output_2 loss]."""
-    from tensorflow import keras
-
-    inputs = keras.layers.Input(shape=(10,))
-    x1 = keras.layers.Dense(5, activation="relu")(inputs)
-    x2 = keras.layers.Dense(5, activation="relu")(x1)
-    output_1 = keras.layers.Dense(5, activation="softmax", name="output_1")(x1)
-    output_2 = keras.layers.Dense(5, activation="softmax", name="output_2")(x2)
-    model = keras.Model(inputs=inputs, outputs=[output_1, output_2])
+def per_output_losses_from_evaluate(keras):
+    model = two_output_model(keras)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x_test, y_test = evaluation_data()
     total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
     return model
 
 
-@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"], keras2=keras2_per_output_losses_from_evaluate)
+@pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"],
+         keras2=under_keras2(per_output_losses_from_evaluate))
 def keras2_pitfall07_per_output_losses_from_evaluate():
     """No longer reproduces on Keras 3.15: evaluate() of a two-output model compiled with one
     loss returns [total, output_1 loss, output_2 loss] again, as tf.keras did."""
-    model = two_output_model()
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
-    x_test, y_test = evaluation_data()
-    total, loss_1, loss_2 = model.evaluate(x_test, [y_test, y_test], verbose=0)
-    return model
+    import keras
+
+    return per_output_losses_from_evaluate(keras)
 
 
 @pitfall(7, inputs=harness.spec((4, 10)), checks=["build", "outputs"])
 def fixed_pitfall07_per_output_losses_from_evaluate():
     """The guide's fix: ask for each output's loss as a metric, and read results by name."""
-    model = two_output_model()
+    import keras
+
+    model = two_output_model(keras)
     model.compile(optimizer="adam", loss="categorical_crossentropy",
                   metrics=["categorical_crossentropy", "categorical_crossentropy"])
     x_test, y_test = evaluation_data()
@@ -390,9 +387,7 @@ def fixed_pitfall08_tf_variable_attribute():
 
 # -- 9. None inside nested call() arguments -------------------------------------------------
 
-def keras2_none_in_nested_call_arguments():
-    from tensorflow import keras
-
+def none_in_nested_call_arguments(keras):
     class CustomLayer(keras.layers.Layer):
         def call(self, inputs):
             foo = inputs["foo"]
@@ -405,22 +400,13 @@ def keras2_none_in_nested_call_arguments():
     return keras.Model(foo, CustomLayer()({"foo": foo, "bar": {"baz": None}}))
 
 
-@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"], keras2=keras2_none_in_nested_call_arguments)
+@pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"], keras2=under_keras2(none_in_nested_call_arguments))
 def keras2_pitfall09_none_in_nested_call_arguments():
     """No longer reproduces on Keras 3.15: None inside a nested call() argument is accepted,
     and every cell passes."""
     import keras
 
-    class CustomLayer(keras.layers.Layer):
-        def call(self, inputs):
-            foo = inputs["foo"]
-            baz = inputs["bar"]["baz"]
-            if baz is not None:
-                return foo + baz
-            return foo
-
-    foo = keras.Input(shape=(1,), name="foo")
-    return keras.Model(foo, CustomLayer()({"foo": foo, "bar": {"baz": None}}))
+    return none_in_nested_call_arguments(keras)
 
 
 @pitfall(9, inputs=harness.spec((2, 1)), checks=["build", "outputs"])
@@ -496,10 +482,7 @@ def fixed_pitfall10_sublayer_built_in_call():
     return positional_embedding(with_build=True)
 
 
-def keras2_weight_created_in_call():
-    """Keras 2: add_weight() on the first call() works."""
-    from tensorflow import keras
-
+def weight_created_in_call(keras):
     class LazyScale(keras.layers.Layer):
         def call(self, inputs):
             if not hasattr(self, "scale"):
@@ -509,19 +492,13 @@ def keras2_weight_created_in_call():
     return LazyScale()
 
 
-@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"], keras2=keras2_weight_created_in_call, xfail={
+@pitfall(10, inputs=harness.spec((2, 3)), checks=["build", "outputs"], keras2=under_keras2(weight_created_in_call), xfail={
     "*-*-*": ("error", "add_weight() inside call(): Keras refuses state created after build", "unbuilt_state")})
 def keras2_pitfall10_weight_created_in_call():
-    """What still fails on Keras 3.15: a weight created on the first call()."""
+    """What still fails on Keras 3.15: a weight created on the first call() (Keras 2 takes it)."""
     import keras
 
-    class LazyScale(keras.layers.Layer):
-        def call(self, inputs):
-            if not hasattr(self, "scale"):
-                self.scale = self.add_weight(shape=(inputs.shape[-1],), initializer="ones")
-            return inputs * self.scale
-
-    return LazyScale()
+    return weight_created_in_call(keras)
 
 
 @pitfall(10, inputs=harness.spec((2, 3)))
@@ -540,18 +517,16 @@ def fixed_pitfall10_weight_created_in_call():
 
 # -- 11. removed APIs -------------------------------------------------------------------------
 
-def keras2_thresholded_relu():
-    from tensorflow import keras
-
+def thresholded_relu(keras):
     return keras.layers.ThresholdedReLU(theta=0.5)
 
 
-@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"], keras2=keras2_thresholded_relu, xfail={
+@pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"], keras2=under_keras2(thresholded_relu), xfail={
     "*-*-*": ("error", "keras.layers.ThresholdedReLU was removed", "removed_api")})
 def keras2_pitfall11_thresholded_relu():
     import keras
 
-    return keras.layers.ThresholdedReLU(theta=0.5)
+    return thresholded_relu(keras)
 
 
 @pitfall(11, inputs=harness.spec((2, 6)), checks=["build", "outputs"])
@@ -562,18 +537,16 @@ def fixed_pitfall11_thresholded_relu():
     return keras.layers.ReLU(threshold=0.5)
 
 
-def keras2_rnn_time_major():
-    from tensorflow import keras
-
+def rnn_time_major(keras):
     return keras.layers.SimpleRNN(4, time_major=True)
 
 
-@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"], keras2=keras2_rnn_time_major, xfail={
+@pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"], keras2=under_keras2(rnn_time_major), xfail={
     "*-*-*": ("error", "the RNN time_major argument was removed", "removed_api")})
 def keras2_pitfall11_rnn_time_major():
     import keras
 
-    return keras.layers.SimpleRNN(4, time_major=True)
+    return rnn_time_major(keras)
 
 
 @pitfall(11, inputs=harness.spec((5, 2, 3)), checks=["build", "outputs"])
@@ -587,9 +560,8 @@ def fixed_pitfall11_rnn_time_major():
 
 # -- 12. tf.* calls replaced by keras.ops.* ------------------------------------------------------
 
-def keras2_tf_ops_in_a_layer():
+def tf_ops_in_a_layer(keras):
     import tensorflow as tf
-    from tensorflow import keras
 
     class L2Pool(keras.layers.Layer):
         def build(self, input_shape):
@@ -603,24 +575,14 @@ def keras2_tf_ops_in_a_layer():
     return L2Pool()
 
 
-@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"], keras2=keras2_tf_ops_in_a_layer, xfail={
+@pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"], keras2=under_keras2(tf_ops_in_a_layer), xfail={
     "jax-*-*": ("error", "tf.* ops on JAX tensors: TensorFlow calls __array__ on a tracer", "tf_or_numpy_op_in_call"),
     "torch-*-*": ("error", "tf.* ops on torch tensors return tf.Tensors, which Keras refuses as layer outputs",
                   "tf_or_numpy_op_in_call")})
 def keras2_pitfall12_tf_ops_in_a_layer():
     import keras
-    import tensorflow as tf
 
-    class L2Pool(keras.layers.Layer):
-        def build(self, input_shape):
-            self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="glorot_uniform")
-
-        def call(self, inputs):
-            x = tf.abs(tf.matmul(inputs, self.kernel))
-            x = tf.gather(x, [2, 0], axis=1)
-            return tf.nn.l2_normalize(x, axis=-1) * tf.reduce_mean(x, axis=-1, keepdims=True)
-
-    return L2Pool()
+    return tf_ops_in_a_layer(keras)
 
 
 @pitfall(12, inputs=harness.spec((4, 6)), checks=["build", "outputs", "train"])
@@ -643,16 +605,13 @@ def fixed_pitfall12_tf_ops_in_a_layer():
 
 # -- 13. a custom train_step needs one implementation per backend ------------------------------
 
-def regression_model(model_class):
-    import keras
-
+def regression_model(keras, model_class):
     inputs = keras.Input((6,))
     return model_class(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
 
 
-def keras2_train_step_with_gradient_tape():
+def train_step_with_gradient_tape(keras):
     import tensorflow as tf
-    from tensorflow import keras
 
     class TapeModel(keras.Model):
         def train_step(self, data):
@@ -664,31 +623,19 @@ def keras2_train_step_with_gradient_tape():
             self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
             return {"loss": loss}
 
-    inputs = keras.Input((6,))
-    return TapeModel(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
+    return regression_model(keras, TapeModel)
 
 
-@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"], keras2=keras2_train_step_with_gradient_tape,
-         xfail={
+@pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"],
+         keras2=under_keras2(train_step_with_gradient_tape), xfail={
     "jax-*-*": ("error", "under JAX Keras calls train_step(state, data): 'takes 2 positional arguments but 3 "
                          "were given'", "train_step_per_backend"),
     "torch-*-*": ("error", "tf.GradientTape on torch tensors: 'Cannot convert the argument type_value: tensor(...) "
                            "to a TensorFlow DType'", "train_step_per_backend")})
 def keras2_pitfall13_train_step_with_gradient_tape():
     import keras
-    import tensorflow as tf
 
-    class TapeModel(keras.Model):
-        def train_step(self, data):
-            x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-            with tf.GradientTape() as tape:
-                y_pred = self(x, training=True)
-                loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
-            gradients = tape.gradient(loss, self.trainable_variables)
-            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-            return {"loss": loss}
-
-    return regression_model(TapeModel)
+    return train_step_with_gradient_tape(keras)
 
 
 @pitfall(13, inputs=harness.spec((8, 6)), checks=["build", "outputs", "train"])
@@ -703,7 +650,7 @@ def fixed_pitfall13_train_step_with_gradient_tape():
             # sample weights on Keras 3.15; the loss object does.
             return keras.losses.MeanSquaredError(reduction="sum")(y, y_pred, sample_weight)
 
-    return regression_model(LossModel)
+    return regression_model(keras, LossModel)
 
 
 # -- 14. keras.random ops are stateless: an int seed repeats in compiled calls -------------------
