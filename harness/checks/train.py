@@ -217,7 +217,10 @@ def configuration_differences(reference: dict | None, mine: dict | None) -> list
                           and np.isclose(a, b, rtol=1e-6, atol=0))
         if not same:
             differ.append(f"optimizer {key}: {b!r} here, {a!r} there")
-    if reference.get("loss") != mine.get("loss") and isinstance(reference.get("loss"), str):
+    aliases = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "mape": "mean_absolute_percentage_error",
+               "msle": "mean_squared_logarithmic_error"}  # one loss under Keras' short and long names
+    same_loss = aliases.get(reference.get("loss"), reference.get("loss")) == aliases.get(mine.get("loss"), mine.get("loss"))
+    if not same_loss and isinstance(reference.get("loss"), str):
         differ.append(f"loss: {mine.get('loss')!r} here, {reference.get('loss')!r} there")
     return differ
 
