@@ -219,8 +219,8 @@ def configuration_differences(reference: dict | None, mine: dict | None) -> list
             differ.append(f"optimizer {key}: {b!r} here, {a!r} there")
     aliases = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "mape": "mean_absolute_percentage_error",
                "msle": "mean_squared_logarithmic_error"}  # one loss under Keras' short and long names
-    same_loss = aliases.get(reference.get("loss"), reference.get("loss")) == aliases.get(mine.get("loss"), mine.get("loss"))
-    if not same_loss and isinstance(reference.get("loss"), str):
+    ref_loss, loss = reference.get("loss"), mine.get("loss")
+    if isinstance(ref_loss, str) and isinstance(loss, str) and aliases.get(ref_loss, ref_loss) != aliases.get(loss, loss):
         differ.append(f"loss: {mine.get('loss')!r} here, {reference.get('loss')!r} there")
     return differ
 
