@@ -131,11 +131,16 @@ def variable_keys(variables) -> list[str]:
     given one name in one layer, as keras-hub's T5 does with its encoder's and decoder's
     relative-attention bias), its rank in order of appearance (`layer/bias#2`), which every
     backend builds alike."""
+    return ranked_names([v.path for v in variables])
+
+
+def ranked_names(names: list[str]) -> list[str]:
+    """Names made unique by rank of appearance where one repeats (`name#2`)."""
     seen: dict[str, int] = {}
     keys = []
-    for v in variables:
-        seen[v.path] = seen.get(v.path, 0) + 1
-        keys.append(v.path if seen[v.path] == 1 else f"{v.path}#{seen[v.path]}")
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return keys
 
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from harness import arrays, classify
-from harness.calls import draws_of, load_case
+from harness.calls import draws_of, load_case, ranked_names
 from harness.checks.train import TRAIN_STEPS, step_values
 from harness.cells import Cell
 from harness.statuses import ERROR, PASS, SKIP
@@ -37,15 +37,8 @@ def keras2_key(name: str) -> str:
 
 
 def keys_of(variables) -> list[str]:
-    """Each variable's key, a repeated name ranked by order of appearance (`#2`), as
-    `harness.calls.variable_keys` ranks Keras 3 paths."""
-    seen: dict[str, int] = {}
-    keys = []
-    for v in variables:
-        name = keras2_key(v.name)
-        seen[name] = seen.get(name, 0) + 1
-        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return keys
+    """Each variable's key: its Keras 2 name, ranked where repeated, as Keras 3 paths are."""
+    return ranked_names([keras2_key(v.name) for v in variables])
 
 
 def values_of(variables) -> dict[str, np.ndarray]:

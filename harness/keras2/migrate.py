@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 
-from harness.calls import variable_keys
+from harness.calls import ranked_names, variable_keys
 
 UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})", re.S)
 REBUILD_HINT = ("rebuild the model with Keras 3 code and call model.load_weights() on the Keras 2 .h5 file (by "
@@ -72,21 +72,11 @@ def bare(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def ranked(names: list[str]) -> list[str]:
-    """Keras 2 names ranked where repeated (`#2`), as the keras2 cell keys them."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return out
-
-
 def move_weights(model, path: str) -> Moved:
     keys = dict(zip(map(id, model.weights), variable_keys(model.weights)))
     saved = h5_layers(path)
     keras2_names = dict(zip([(layer, i) for layer, names in saved for i in range(len(names))],
-                            ranked([bare(n) for _, names in saved for n in names])))
+                            ranked_names([bare(n) for _, names in saved for n in names])))
     failures = []
     try:
         model.load_weights(path)
